@@ -1,0 +1,35 @@
+"""The Celery app: ``celery -A taskplatform worker -Q io,cpu,plan``.
+
+Configuration is read lazily from ``celeryconfig`` (so importing this module reads no
+environment and opens no connection); :func:`configure` points the app elsewhere (tests, the
+embedded mode).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from connectors.base import default_registry
+from taskplatform.config import celery_config
+from taskplatform.engine import reset_engine
+from taskplatform.settings import Settings
+
+
+def create_app(main: str = "taskplatform") -> Celery:
+    """A Celery app reading ``celeryconfig``, with every connector action registered."""
+    celery_app = Celery(main)
+    celery_app.config_from_object("celeryconfig")
+    from taskplatform import runtime  # noqa: PLC0415 - runtime imports engine, which needs no app
+
+    runtime.register_connector_tasks(celery_app, default_registry().actions)
+    return celery_app
+
+
+def configure(celery_app: Celery, settings: Settings) -> Celery:
+    """Point ``celery_app`` at the Redis (and options) of ``settings``, replacing celeryconfig."""
+    celery_app.config_from_object(celery_config(settings), force=True)
+    reset_engine(celery_app)
+    return celery_app
+
+
+app = create_app()

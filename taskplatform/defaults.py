@@ -1,0 +1,43 @@
+"""Every default, name and key format in one place, with its unit (rq's ``defaults.py``)."""
+
+from __future__ import annotations
+
+# Queues. ``dlq`` has no consumer by default: an operator drains it.
+QUEUE_IO = "io"
+QUEUE_CPU = "cpu"
+QUEUE_PLAN = "plan"
+QUEUE_DLQ = "dlq"
+QUEUES = (QUEUE_IO, QUEUE_CPU, QUEUE_PLAN, QUEUE_DLQ)
+WORK_QUEUES = (QUEUE_IO, QUEUE_CPU, QUEUE_PLAN)
+
+# Redis keys (contract names from DESIGN.md; ``{prefix}`` is empty by default).
+KEY_RUN_STATE = "{prefix}run:{run_id}:state"  # hash: status, flow, timestamps, outputs, error
+KEY_RUN_OUTPUTS = "{prefix}run:{run_id}:outputs"  # hash: step_id -> JSON output
+KEY_STEP_STATUS = "{prefix}run:{run_id}:task:{step_id}:status"  # idempotency key
+KEY_RUN_SPEC = "{prefix}run:{run_id}:spec"  # frozen flow spec, inputs and context (JSON)
+KEY_RUN_STEPS = "{prefix}run:{run_id}:steps"  # hash: step_id -> JSON detail (attempts, error, times)
+KEY_RUN_REMAINING = "{prefix}run:{run_id}:remaining"  # hash: step_id -> needs not yet settled
+KEY_RUN_SETTLED = "{prefix}run:{run_id}:settled"  # counter of settled steps
+KEY_RUN_DONE = "{prefix}run:{run_id}:done"  # list with one token once the run is terminal
+KEY_RUN_INDEX = "{prefix}runs"  # sorted set: run_id scored by creation time
+
+# Lifetimes.
+RUN_TTL_S = 7 * 24 * 3600  # how long a run's Redis state lives after its last write
+SPEC_CACHE_SIZE = 256  # frozen specs kept per worker process (they never change)
+
+# Delivery. The visibility timeout must exceed the longest countdown we schedule, or Redis
+# redelivers the waiting message again and again (CELERY-TRAPS: kombu #337, celery #2599).
+VISIBILITY_TIMEOUT_S = 3600
+MAX_COUNTDOWN_S = 1800  # longer waits are taken in hops of at most this
+LEASE_MARGIN_S = 30  # a step's claim outlives its hard time limit by this much
+
+# Steps.
+STEP_TIMEOUT_S = 300.0  # soft limit per attempt when neither step nor flow sets one
+HARD_LIMIT_GRACE_S = 15.0  # hard limit = soft limit + this
+RETRY_MAX_ATTEMPTS = 3
+RETRY_BACKOFF_S = 1.0
+RETRY_MAX_BACKOFF_S = 60.0
+RETRY_JITTER = True
+
+# Client.
+WAIT_POLL_S = 1.0  # longest single block while waiting for a run to finish

@@ -1,0 +1,10 @@
+"""Run-level signals, for audit and metrics: sent once per event, in the process where it happened."""
+
+from celery.utils.dispatch import Signal
+
+#: A run was written to Redis and its first steps published. Args: run_id, flow, spec.
+run_submitted = Signal(name="run_submitted", providing_args={"run_id", "flow", "spec"})
+#: A step reached a final status. Args: run_id, step_id, status, detail.
+step_settled = Signal(name="step_settled", providing_args={"run_id", "step_id", "status", "detail"})
+#: A run reached its terminal status (sent exactly once). Args: run_id, status, outputs, error.
+run_finished = Signal(name="run_finished", providing_args={"run_id", "status", "outputs", "error"})
