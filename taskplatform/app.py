@@ -15,9 +15,9 @@ from taskplatform.engine import reset_engine
 from taskplatform.settings import Settings
 
 
-def create_app(main: str = "taskplatform") -> Celery:
+def create_app(main: str = "taskplatform", *, set_as_current: bool = True) -> Celery:
     """A Celery app reading ``celeryconfig``, with every connector action registered."""
-    celery_app = Celery(main)
+    celery_app = Celery(main, set_as_current=set_as_current)
     celery_app.config_from_object("celeryconfig")
     from taskplatform import runtime  # noqa: PLC0415 - runtime imports engine, which needs no app
 

@@ -1,0 +1,359 @@
+"""``python manage.py``: run flows, inspect them and their runs. No business logic here.
+
+Exit codes: 0 ok / run succeeded, 1 run failed or canceled, 2 usage error, 3 invalid flow or
+inputs, 4 backend unreachable, 5 timed out waiting, 6 not found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from taskplatform.errors import (
+    BackendError,
+    ConfigError,
+    FlowFailed,
+    FlowNotFound,
+    FlowValidationError,
+    RunNotFound,
+    RunTimeout,
+)
+
+RET_OK, RET_FAILED, RET_USAGE, RET_INVALID, RET_BACKEND, RET_TIMEOUT, RET_NOT_FOUND = range(7)
+STATUS_MARK = {"succeeded": "✓", "failed": "✗", "dead_lettered": "✗", "upstream_failed": "⊘",
+               "skipped": "↷", "canceled": "⊘", "running": "…", "retrying": "↻", "waiting": "⏸",
+               "pending": " "}
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """Translate our errors into a message on stderr and a named exit code: no tracebacks."""
+    try:
+        yield
+    except FlowValidationError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(RET_INVALID)
+    except (FlowNotFound, RunNotFound) as exc:
+        _fail(str(exc), RET_NOT_FOUND)
+    except (BackendError, ConfigError) as exc:
+        _fail(str(exc), RET_BACKEND)
+
+
+@contextlib.contextmanager
+def _client() -> Iterator[Any]:
+    """A client on REDIS_URL, or on an embedded Redis and worker for the command's duration."""
+    from taskplatform.app import app  # noqa: PLC0415 - keep --help fast
+    from taskplatform.client import Client  # noqa: PLC0415
+    from taskplatform.settings import load_settings  # noqa: PLC0415
+
+    settings = load_settings()
+    if settings.embedded:
+        from taskplatform.embedded import embedded_stack  # noqa: PLC0415
+
+        with embedded_stack(app, settings):
+            yield Client(app)
+    else:
+        yield Client(app)
+
+
+def _flows_dir() -> Path:
+    from taskplatform.settings import load_settings  # noqa: PLC0415
+
+    return load_settings().flows_dir
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """taskplatform: run flows of connector actions on Celery.
+
+    \b
+    Examples:
+      python manage.py run-flow flows/examples/hello.yaml --input who=ada
+      python manage.py flows list
+      python manage.py flows graph diamond
+      python manage.py status 3f2a...
+    """
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+# --- run-flow ---------------------------------------------------------------------------------
+
+
+def _gather_inputs(flow: Any, pairs: tuple[str, ...], inputs_file: Path | None) -> dict[str, Any]:
+    from taskplatform.validation import coerce_cli_input  # noqa: PLC0415
+
+    inputs: dict[str, Any] = {}
+    if inputs_file is not None:
+        try:
+            data = json.loads(inputs_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            _fail(f"--inputs-file {inputs_file}: {exc}", RET_USAGE)
+        if not isinstance(data, dict):
+            _fail(f"--inputs-file {inputs_file}: must hold a JSON object", RET_USAGE)
+        inputs.update(data)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            _fail(f"--input {pair!r}: expected key=value", RET_USAGE)
+        inputs[key] = coerce_cli_input(flow, key, value)
+    return inputs
+
+
+def _run_json(info: dict[str, Any]) -> dict[str, Any]:
+    return {"run_id": info["run_id"], "status": info["status"], "outputs": info["outputs"],
+            "steps": info["steps"]}
+
+
+def _follow(run: Any, timeout: float | None) -> None:
+    """Print each step's status as it changes, until the run ends (terminal progress)."""
+    seen: dict[str, str] = {}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    width = 0
+    while True:
+        steps = run.steps()
+        width = max(width, *(len(s) for s in steps)) if steps else width
+        for sid, view in steps.items():
+            shown = f"{view.status}:{view.attempts}"
+            if seen.get(sid) != shown and view.status != "pending":
+                seen[sid] = shown
+                attempt = f" (attempt {view.attempts})" if view.attempts > 1 else ""
+                err = f"  {view.error}" if view.error and view.status not in ("succeeded",) else ""
+                click.echo(f"  {STATUS_MARK.get(view.status, '?')} {sid:<{width}}  {view.status}{attempt}{err}",
+                           err=True)
+        if run.status() in ("succeeded", "failed", "canceled"):
+            return
+        if deadline is not None and time.monotonic() > deadline:
+            return
+        time.sleep(0.1)
+
+
+@main.command("run-flow")
+@click.argument("flow_ref", metavar="NAME_OR_PATH")
+@click.option("--input", "-i", "pairs", multiple=True, metavar="KEY=VALUE",
+              help="An input (repeatable); typed by the flow's declaration.")
+@click.option("--inputs-file", type=click.Path(path_type=Path, dir_okay=False), help="Inputs as a JSON object.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: run_id, status, outputs, steps.")
+@click.option("--no-wait", is_flag=True, help="Submit and return at once.")
+@click.option("--timeout", type=float, default=None, metavar="S", help="Give up waiting after S seconds.")
+@click.option("--run-id", default=None, help="Use this run id (submitting an existing id is a no-op).")
+@click.option("--tenant-id", default=None)
+@click.option("--user-id", default=None)
+@click.option("--correlation-id", default=None)
+def run_flow(flow_ref: str, pairs: tuple[str, ...], inputs_file: Path | None, as_json: bool,
+             no_wait: bool, timeout: float | None, run_id: str | None, tenant_id: str | None,
+             user_id: str | None, correlation_id: str | None) -> None:
+    """Run a flow (a name under flows/ or a path) and print its outcome.
+
+    \b
+    Examples:
+      python manage.py run-flow hello --input who=ada
+      python manage.py run-flow flows/examples/diamond.yaml --json
+      python manage.py run-flow order-digest --inputs-file in.json --no-wait
+    """
+    with _errors(), _client() as client:
+        flow = client.load(flow_ref)
+        inputs = _gather_inputs(flow, pairs, inputs_file)
+        started = time.monotonic()
+        run = client.submit(flow, inputs, run_id=run_id, tenant_id=tenant_id, user_id=user_id,
+                            correlation_id=correlation_id)
+        if not as_json:
+            click.echo(f"run {run.run_id} of {flow.name}", err=True)
+        code = RET_OK
+        if not no_wait:
+            if not as_json and sys.stderr.isatty():
+                _follow(run, timeout)
+            try:
+                run.wait(timeout=timeout)
+            except FlowFailed:
+                code = RET_FAILED
+            except RunTimeout:
+                code = RET_TIMEOUT
+        info = run.info()
+        if as_json:
+            click.echo(json.dumps(_run_json(info), sort_keys=False))
+        else:
+            _print_run(info, time.monotonic() - started if not no_wait else None)
+        sys.exit(code)
+
+
+def _print_run(info: dict[str, Any], elapsed_s: float | None) -> None:
+    took = f" in {elapsed_s:.2f}s" if elapsed_s is not None else ""
+    click.echo(f"run {info['run_id']} {info['status']}{took}")
+    steps = info["steps"]
+    width = max((len(s) for s in steps), default=0)
+    for sid, s in steps.items():
+        attempts = f"  ({s['attempts']} attempts)" if s["attempts"] > 1 else ""
+        err = f"  {s['error']}" if s["error"] else ""
+        click.echo(f"  {STATUS_MARK.get(s['status'], '?')} {sid:<{width}}  {s['status']}{attempts}{err}")
+    if info.get("error"):
+        click.echo(f"error at {info.get('failed_step')}: {info['error']}")
+    if info.get("outputs") is not None:
+        click.echo("outputs:")
+        click.echo(json.dumps(info["outputs"], indent=2, sort_keys=True))
+
+
+# --- status / runs ----------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the run as one JSON object.")
+def status(run_id: str, as_json: bool) -> None:
+    """Show a run's status, steps and outputs.
+
+    \b
+    Example:
+      python manage.py status 3f2a9c... --json
+    """
+    with _errors():
+        from taskplatform.settings import load_settings  # noqa: PLC0415
+
+        if load_settings().embedded:
+            _fail("REDIS_URL is not set: runs of the embedded Redis end with their process", RET_BACKEND)
+        with _client() as client:
+            info = client.get_run(run_id).info()
+        if as_json:
+            click.echo(json.dumps(_run_json(info)))
+        else:
+            _print_run(info, None)
+        sys.exit(RET_OK if info["status"] != "failed" else RET_FAILED)
+
+
+@main.command()
+@click.option("--limit", default=20, show_default=True)
+def runs(limit: int) -> None:
+    """List the most recent runs known to Redis.
+
+    \b
+    Example:
+      python manage.py runs --limit 5
+    """
+    with _errors(), _client() as client:
+        for run_id in client.recent_runs(limit):
+            try:
+                info = client.get_run(run_id).info()
+            except RunNotFound:
+                continue
+            click.echo(f"{run_id}  {info['flow'] or '?':<24} {info['status']}")
+
+
+# --- flows ------------------------------------------------------------------------------------
+
+
+@main.group()
+def flows() -> None:
+    """List, validate and show flow definitions."""
+
+
+@flows.command("list")
+def flows_list() -> None:
+    """List the flows under the flows folder (TASKPLATFORM_FLOWS_DIR, default flows/).
+
+    \b
+    Example:
+      python manage.py flows list
+    """
+    import yaml  # noqa: PLC0415
+
+    from taskplatform.validation import flow_files  # noqa: PLC0415
+
+    root = _flows_dir()
+    for path in flow_files(root):
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError:
+            data = {}
+        name = data.get("name", "?") if isinstance(data, dict) else "?"
+        desc = data.get("description", "") if isinstance(data, dict) else ""
+        click.echo(f"{name:<24} {str(path):<40} {desc}")
+
+
+@flows.command("validate")
+@click.argument("refs", nargs=-1)
+def flows_validate(refs: tuple[str, ...]) -> None:
+    """Validate flows (all under the flows folder when none is named).
+
+    \b
+    Examples:
+      python manage.py flows validate
+      python manage.py flows validate flows/examples/diamond.yaml
+    """
+    from taskplatform.validation import find_flow, flow_files, load_flow_file  # noqa: PLC0415
+
+    root = _flows_dir()
+    bad = 0
+    targets: list[Path | str] = list(refs) or list(flow_files(root))
+    for ref in targets:
+        try:
+            path = find_flow(str(ref), root)
+            flow = load_flow_file(path)
+        except (FlowValidationError, FlowNotFound) as exc:
+            bad += 1
+            click.echo(str(exc), err=True)
+        else:
+            click.echo(f"ok  {path}  ({flow.name}, {len(flow.steps)} steps)")
+    sys.exit(RET_INVALID if bad else RET_OK)
+
+
+def _load(ref: str) -> Any:
+    from taskplatform.validation import find_flow, load_flow_file  # noqa: PLC0415
+
+    return load_flow_file(find_flow(ref, _flows_dir()))
+
+
+@flows.command("show")
+@click.argument("ref")
+@click.option("--canvas", is_flag=True, help="Show the compiled plan and the launch canvas.")
+def flows_show(ref: str, canvas: bool) -> None:
+    """Print a flow as validated (with defaults), or its compiled plan.
+
+    \b
+    Example:
+      python manage.py flows show diamond --canvas
+    """
+    import yaml  # noqa: PLC0415
+
+    from connectors.base import default_registry  # noqa: PLC0415
+    from taskplatform.compiler import compile_flow  # noqa: PLC0415
+
+    with _errors():
+        flow = _load(ref)
+        if canvas:
+            click.echo(compile_flow(flow, default_registry()).describe())
+        else:
+            click.echo(yaml.safe_dump(flow.to_spec(), sort_keys=False).rstrip())
+
+
+@flows.command("graph")
+@click.argument("ref")
+def flows_graph(ref: str) -> None:
+    """Print a flow's graph as Mermaid.
+
+    \b
+    Example:
+      python manage.py flows graph diamond > diamond.mmd
+    """
+    from connectors.base import default_registry  # noqa: PLC0415
+    from taskplatform.compiler import compile_flow  # noqa: PLC0415
+
+    with _errors():
+        click.echo(compile_flow(_load(ref), default_registry()).mermaid())
+
+
+if __name__ == "__main__":
+    main()

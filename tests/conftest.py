@@ -1,0 +1,115 @@
+"""Shared fixtures: a private Redis, the app on it with an in-process worker, and e2e workers.
+
+Every server here is ours (a unix socket in a temp folder): the machine's Redis on 6379 may be
+shared with other processes and is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from taskplatform.embedded import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server for the in-process tests."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def engine_app(redis_server: RedisServer):
+    """The module-level app, configured for the private Redis, with an in-process worker."""
+    from taskplatform.app import app, configure
+    from taskplatform.embedded import InProcessWorker
+    from taskplatform.settings import Settings
+
+    configure(app, Settings(redis_url=redis_server.url, flows_dir=ROOT / "flows"))
+    worker = InProcessWorker(app, concurrency=8).start()
+    yield app
+    worker.stop()
+
+
+@pytest.fixture
+def client(engine_app):
+    """A Client on the in-process stack; run keys are removed after each test."""
+    from taskplatform.client import Client
+
+    c = Client(engine_app, flows_dir=ROOT / "flows")
+    yield c
+    _clean_runs(c.engine.redis)
+
+
+def _clean_runs(r) -> None:
+    for pattern in ("run:*", "runs", "test:*"):
+        keys = list(r.scan_iter(match=pattern, count=1000))
+        for i in range(0, len(keys), 500):
+            r.delete(*keys[i : i + 500])
+
+
+@pytest.fixture(scope="session")
+def e2e_stack() -> Iterator[dict]:
+    """A second private Redis with `celery -A taskplatform worker` subprocesses on it."""
+    from taskplatform.app import configure, create_app
+    from taskplatform.settings import Settings
+
+    server = RedisServer().start()
+    env = {**os.environ, "REDIS_URL": server.url, "TASKPLATFORM_TEST_REDIS": server.url,
+           "PYTHONPATH": str(ROOT)}
+    logdir = ROOT / "test-artifacts"
+    logdir.mkdir(exist_ok=True)
+    log = open(logdir / "e2e-worker.log", "ab")  # noqa: SIM115
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "taskplatform", "worker", "-Q", "io,cpu,plan",
+             "-P", "prefork", "-c", "4", "-n", f"e2e{i}@%h", "--without-mingle", "--without-gossip",
+             "-l", "WARNING"],
+            cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True,
+        )
+        for i in range(1)
+    ]
+    app = create_app("taskplatform-e2e", set_as_current=False)
+    configure(app, Settings(redis_url=server.url, flows_dir=ROOT / "flows"))
+    _wait_for_workers(app, len(procs))
+    yield {"app": app, "server": server, "procs": procs, "env": env}
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, 9)
+            p.wait(5)
+    log.close()
+    app.pool.force_close_all()
+    server.stop()
+
+
+def _wait_for_workers(app, n: int, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        replies = app.control.ping(timeout=0.5) or []
+        if len(replies) >= n:
+            return
+    raise RuntimeError(f"{n} worker(s) did not answer a ping within {timeout_s:g}s "
+                       "(see test-artifacts/e2e-worker.log)")
+
+
+@pytest.fixture
+def e2e_client(e2e_stack):
+    from taskplatform.client import Client
+
+    c = Client(e2e_stack["app"], flows_dir=ROOT / "flows")
+    yield c
+    _clean_runs(c.engine.redis)
