@@ -40,7 +40,13 @@ class RequestWith(With):
     @classmethod
     def _http_only(cls, value: str) -> str:
         if not value.lower().startswith(("http://", "https://")):
-            raise ValueError(f"url must start with http:// or https://, got {value[:60]!r}")
+            raise ValueError(f"url must start with http:// or https://, got {_safe_url(value)[:60]!r}")
+        try:
+            host = httpx.URL(value).host
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"invalid url {_safe_url(value)!r}: {exc}") from None
+        if not host:
+            raise ValueError(f"url has no host: {_safe_url(value)!r}")
         return value
 
     def model_post_init(self, __context: Any) -> None:
@@ -65,6 +71,13 @@ class Request(Connector):
             self._local.client, self._local.pid = client, os.getpid()
         return client
 
+    def close(self) -> None:
+        """Close this thread's pooled client (a new one is made on the next request)."""
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            client.close()
+            self._local.client = None
+
     def execute_action(self, inputs: RequestWith) -> dict[str, Any]:
         where = f"{inputs.method} {_safe_url(inputs.url)}"
         try:
@@ -80,8 +93,12 @@ class Request(Connector):
             )
         except httpx.TimeoutException as exc:
             raise TransientError(f"{where}: timed out after {inputs.timeout_s:g}s") from exc
+        except httpx.UnsupportedProtocol as exc:  # a TransportError, but retrying cannot help
+            raise PermanentError(f"{where}: {type(exc).__name__}: {exc}") from exc
         except httpx.TransportError as exc:
             raise TransientError(f"{where}: {type(exc).__name__}: {exc}") from exc
+        except (httpx.RequestError, httpx.InvalidURL) as exc:  # too many redirects, bad encoding
+            raise PermanentError(f"{where}: {type(exc).__name__}: {exc}") from exc
         status = response.status_code
         if status >= 500 or status in TRANSIENT_STATUS:
             raise TransientError(f"{where}: HTTP {status} {_snippet(response)}")
@@ -104,9 +121,13 @@ def _query_value(value: Any) -> Any:
 
 
 def _safe_url(url: str) -> str:
-    """The URL without credentials or query string, for error messages."""
-    parsed = httpx.URL(url)
-    return str(parsed.copy_with(userinfo=b"", query=None))
+    """The URL without credentials, query string or fragment, for error messages."""
+    try:
+        return str(httpx.URL(url).copy_with(userinfo=b"", query=None, fragment=None))
+    except (httpx.InvalidURL, TypeError, ValueError):
+        scheme, sep, rest = url.partition("://")
+        host = rest.split("/", 1)[0].rpartition("@")[2].split("?", 1)[0].split("#", 1)[0]
+        return f"{scheme}{sep}{host}/<invalid url>" if sep else "<invalid url>"
 
 
 def _snippet(response: httpx.Response, limit: int = 200) -> str:

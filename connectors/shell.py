@@ -40,7 +40,8 @@ class Run(Connector):
                 inputs.argv,
                 cwd=inputs.cwd,
                 env={**os.environ, **inputs.env},
-                input=inputs.stdin,
+                # Without stdin the child reads nothing (not the worker's own stdin).
+                **({"input": inputs.stdin} if inputs.stdin is not None else {"stdin": subprocess.DEVNULL}),
                 capture_output=True,
                 text=True,
                 errors="replace",
@@ -48,6 +49,8 @@ class Run(Connector):
                 check=False,
             )
         except FileNotFoundError as exc:
+            if inputs.cwd is not None and not os.path.isdir(inputs.cwd):
+                raise PermanentError(f"cwd does not exist: {inputs.cwd!r}") from exc
             raise PermanentError(f"command not found: {program!r}") from exc
         except PermissionError as exc:
             raise PermanentError(f"command not executable: {program!r}") from exc

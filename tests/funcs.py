@@ -1,0 +1,57 @@
+"""Functions test flows call with ``python.call``; side effects are counted in the test Redis."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import redis
+
+from connectors.base import current_step
+from taskplatform.errors import PermanentError, TransientError
+
+
+def _r() -> redis.Redis:
+    return redis.Redis.from_url(os.environ["TASKPLATFORM_TEST_REDIS"])
+
+
+def node(name: str, got: dict[str, Any] | None = None, fail: bool = False) -> dict[str, Any]:
+    """A DAG node: logs its execution, takes a sequence number, echoes what it received."""
+    run_id = current_step().run_id
+    r = _r()
+    seq = r.incr(f"test:{run_id}:seq")
+    r.rpush(f"test:{run_id}:log", name)
+    if fail:
+        raise PermanentError(f"injected failure in {name}")
+    return {"name": name, "seq": seq, "got": got or {}}
+
+
+def count(key: str, value: Any = None) -> dict[str, Any]:
+    """Count a side effect under ``key``."""
+    return {"calls": _r().incr(f"test:count:{key}"), "value": value}
+
+
+def slow_count(key: str, seconds: float) -> dict[str, Any]:
+    time.sleep(seconds)
+    return count(key)
+
+
+def flaky(key: str, failures: int) -> dict[str, Any]:
+    """Fail transiently ``failures`` times, then succeed."""
+    calls = _r().incr(f"test:flaky:{key}")
+    if calls <= failures:
+        raise TransientError(f"flaky call {calls} of {failures} planned failures")
+    return {"calls": calls}
+
+
+def boom(message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+def not_json() -> object:
+    return object()
+
+
+def echo(**kwargs: Any) -> dict[str, Any]:
+    return kwargs
