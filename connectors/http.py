@@ -81,11 +81,13 @@ class Request(Connector):
     def execute_action(self, inputs: RequestWith) -> dict[str, Any]:
         where = f"{inputs.method} {_safe_url(inputs.url)}"
         try:
+            url = httpx.URL(inputs.url)
+            if inputs.query:  # merged into the URL's own query (httpx's params= would replace it)
+                url = url.copy_merge_params({k: _query_value(v) for k, v in inputs.query.items()})
             response = self._client().request(
                 inputs.method,
-                inputs.url,
+                url,
                 headers=inputs.headers,
-                params={k: _query_value(v) for k, v in inputs.query.items()},
                 json=inputs.json_,
                 content=inputs.body,
                 timeout=inputs.timeout_s,

@@ -35,13 +35,16 @@ class Run(Connector):
 
     def execute_action(self, inputs: RunWith) -> dict[str, Any]:
         program = inputs.argv[0]
+        # Without stdin the child reads nothing (not the worker's own stdin, where it could hang).
+        feed: dict[str, Any] = (
+            {"input": inputs.stdin} if inputs.stdin is not None else {"stdin": subprocess.DEVNULL}
+        )
         try:
             done = subprocess.run(
                 inputs.argv,
                 cwd=inputs.cwd,
                 env={**os.environ, **inputs.env},
-                # Without stdin the child reads nothing (not the worker's own stdin).
-                **({"input": inputs.stdin} if inputs.stdin is not None else {"stdin": subprocess.DEVNULL}),
+                **feed,
                 capture_output=True,
                 text=True,
                 errors="replace",
@@ -55,7 +58,9 @@ class Run(Connector):
         except PermissionError as exc:
             raise PermanentError(f"command not executable: {program!r}") from exc
         except NotADirectoryError as exc:
-            raise PermanentError(f"cwd is not a directory: {inputs.cwd!r}") from exc
+            if inputs.cwd is not None and not os.path.isdir(inputs.cwd):
+                raise PermanentError(f"cwd is not a directory: {inputs.cwd!r}") from exc
+            raise PermanentError(f"command not found: {program!r}") from exc
         except subprocess.TimeoutExpired as exc:
             raise TransientError(f"{program!r} timed out after {inputs.timeout_s:g}s") from exc
         output = {

@@ -23,11 +23,16 @@ def parse_duration(text: str) -> float:
     """Seconds in an ISO 8601 duration; ValueError with the reason when malformed."""
     try:
         value = isodate.parse_duration(text)
+        if not any(c.isdigit() for c in text.rpartition("T")[2]):  # isodate takes "PT", "P1DT"
+            raise ValueError("no number after T")
     except (isodate.ISO8601Error, ValueError, TypeError) as exc:
         raise ValueError(f"not an ISO 8601 duration: {text!r} (e.g. PT30S, PT5M, P1D)") from exc
     if isinstance(value, isodate.Duration):  # has months or years: relative to now
         now = dt.datetime.now(dt.timezone.utc)
-        seconds = ((now + value) - now).total_seconds()
+        try:
+            seconds = ((now + value) - now).total_seconds()
+        except ValueError as exc:  # fractional months or years
+            raise ValueError(f"{text!r}: {exc}") from None
     else:
         seconds = value.total_seconds()
     if seconds < 0:

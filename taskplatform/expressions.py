@@ -76,9 +76,19 @@ def compile_expression(source: str) -> Expression:
         at = f" at column {pos + 1}" if isinstance(pos, int) else ""
         token = getattr(exc, "token_value", None)
         near = f" near {token!r}" if token not in (None, "") else ""
-        raise ExpressionError(f"malformed expression {source!r}{at}{near}") from exc
+        raise ExpressionError(f"malformed expression {source!r}{at}{near}: {_parse_reason(exc)}") from exc
     except jp_exc.JMESPathError as exc:
         raise ExpressionError(f"malformed expression {source!r}: {exc}") from exc
+
+
+def _parse_reason(exc: jp_exc.ParseError) -> str:
+    """What JMESPath found wrong, in one line (its own message draws a caret over lines)."""
+    if isinstance(exc, jp_exc.IncompleteExpressionError):
+        return "the expression ends too soon"
+    if isinstance(exc, jp_exc.LexerError):
+        return str(getattr(exc, "message", "") or "cannot read it").lower()
+    reason = str(getattr(exc, "msg", "") or "cannot parse it")
+    return reason[:1].lower() + reason[1:]
 
 
 @lru_cache(maxsize=4096)

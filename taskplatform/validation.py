@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import graphlib
 import re
+import types
 import typing
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from connectors.base import Registry, default_registry
 from taskplatform import expressions
 from taskplatform.errors import ExpressionError, FlowNotFound, FlowValidationError, Problem
-from taskplatform.flow import STEP_ID_PATTERN, Flow, InputSpec
+from taskplatform.flow import FLOW_NAME_PATTERN, STEP_ID_PATTERN, Flow, InputSpec
 
 Loc = tuple[str | int, ...]
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -48,35 +49,72 @@ class _Problems:
         self.items: list[Problem] = []
         self.lines = lines or {}
 
-    def add(self, loc: Loc, message: str) -> None:
+    def add(self, loc: Loc, message: str, *, shown: Loc | None = None) -> None:
+        """Add a problem at ``loc`` (``shown``, when given, is the path printed instead)."""
         line = None
         for n in range(len(loc), -1, -1):
             line = self.lines.get(tuple(loc[:n]))
             if line is not None:
                 break
-        self.items.append(Problem(render_loc(loc), message, line))
+        self.items.append(Problem(render_loc(loc if shown is None else shown), message, line))
 
 
 # --- YAML -----------------------------------------------------------------------------------
 
 
-def _walk_nodes(node: yaml.Node, loc: Loc, lines: dict[Loc, int], problems: list[Problem]) -> None:
-    lines.setdefault(loc, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        seen: set[Any] = set()
-        for key_node, value_node in node.value:
-            key = key_node.value
-            child = (*loc, key)
-            if key in seen:
-                problems.append(
-                    Problem(render_loc(child), f"duplicate key {key!r}", key_node.start_mark.line + 1)
-                )
-            seen.add(key)
-            lines[child] = key_node.start_mark.line + 1
-            _walk_nodes(value_node, child, lines, problems)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _walk_nodes(item, (*loc, i), lines, problems)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _NodeWalker:
+    """Walks a composed YAML tree: the line of every path, duplicate keys, recursive aliases.
+
+    Keys are the values YAML gives them (``on:`` is True, ``1:`` is 1), as in the loaded data.
+    A node reached again through an alias is not walked again: its paths keep the alias's line.
+    """
+
+    def __init__(self) -> None:
+        self.lines: dict[Loc, int] = {}
+        self.problems: list[Problem] = []
+        self._keys = yaml.constructor.SafeConstructor()
+        self._active: set[int] = set()
+        self._done: set[int] = set()
+
+    def _key(self, node: yaml.Node) -> Any:
+        if isinstance(node, yaml.ScalarNode) and node.tag != _MERGE_TAG:
+            try:
+                return self._keys.construct_object(node)
+            except yaml.YAMLError:
+                return node.value
+        return node.value
+
+    def walk(self, node: yaml.Node, loc: Loc = ()) -> None:
+        line = node.start_mark.line + 1
+        self.lines.setdefault(loc, line)
+        if not isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+            return
+        if id(node) in self._active:
+            self.problems.append(Problem(render_loc(loc), "recursive YAML alias: an anchor refers to "
+                                         "a mapping or list that contains it", line))
+            return
+        if id(node) in self._done:
+            return
+        self._active.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, value_node in node.value:
+                key = self._key(key_node)
+                child = (*loc, key)
+                key_line = key_node.start_mark.line + 1
+                if key in seen:
+                    self.problems.append(Problem(render_loc(child), f"duplicate key {key!r}", key_line))
+                seen.add(key)
+                self.lines[child] = key_line
+                self.walk(value_node, child)
+        else:
+            for i, item in enumerate(node.value):
+                self.walk(item, (*loc, i))
+        self._active.discard(id(node))
+        self._done.add(id(node))
 
 
 def parse_yaml(text: str, source: str) -> tuple[Any, dict[Loc, int]]:
@@ -94,13 +132,12 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[Loc, int]]:
         ) from None
     except yaml.YAMLError as exc:
         raise FlowValidationError([Problem("", f"YAML error: {exc}")], source=source) from None
-    lines: dict[Loc, int] = {}
-    dup: list[Problem] = []
+    walker = _NodeWalker()
     if node is not None:
-        _walk_nodes(node, (), lines, dup)
-    if dup:
-        raise FlowValidationError(dup, source=source)
-    return data, lines
+        walker.walk(node)
+    if walker.problems:
+        raise FlowValidationError(walker.problems, source=source)
+    return data, walker.lines
 
 
 # --- shape (pydantic) -------------------------------------------------------------------------
@@ -119,7 +156,7 @@ def _model_at(loc: Loc) -> type[BaseModel] | None:
             origin, args = typing.get_origin(current), typing.get_args(current)
             if origin is dict and len(args) == 2:
                 current = args[1]
-            elif origin in (list, typing.Union) or str(origin) == "types.UnionType":
+            elif origin in (list, typing.Union, types.UnionType):
                 models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
                 if not models:
                     return None
@@ -133,7 +170,7 @@ def _model_at(loc: Loc) -> type[BaseModel] | None:
                 current = fields[part].annotation
             else:
                 return None
-        while typing.get_origin(current) in (typing.Union,) or str(typing.get_origin(current)) == "types.UnionType":
+        while typing.get_origin(current) in (typing.Union, types.UnionType):
             models = [a for a in typing.get_args(current) if isinstance(a, type) and issubclass(a, BaseModel)]
             if not models:
                 break
@@ -141,12 +178,42 @@ def _model_at(loc: Loc) -> type[BaseModel] | None:
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
+def _pattern_hints() -> dict[str, str]:
+    hints = {
+        FLOW_NAME_PATTERN: "a flow name is letters, digits, '.', '_' and '-', starting with a letter "
+                           "or digit, at most 128 characters",
+    }
+    try:
+        from connectors.python import FUNCTION_PATTERN  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - a broken connector is reported by the registry
+        pass
+    else:
+        hints[FUNCTION_PATTERN] = "a function is named by its import path, 'pkg.module:name'"
+    return hints
+
+
+def _one_line(message: str) -> str:
+    """A (JMESPath) error message without its multi-line caret drawing."""
+    first = message.strip().splitlines()[0] if message.strip() else message
+    return first.removesuffix(":").removesuffix(", for expression").rstrip()
+
+
 def _pydantic_problems(exc: ValidationError, problems: _Problems, prefix: Loc = (),
                        model: type[BaseModel] | None = None) -> None:
     for err in exc.errors(include_url=False):
         loc: Loc = (*prefix, *err["loc"])
         kind = err["type"]
-        if kind == "extra_forbidden":
+        if loc and loc[-1] == "[key]":  # a mapping key of the wrong type (YAML: `on:`, `1:`)
+            key = err.get("input")  # the loc holds True as 1
+            problems.add(loc[:-1], f"key {key!r} is not a string: quote it (YAML reads unquoted "
+                         "yes/no/on/off/true/false/null as booleans or null, and digits as numbers)",
+                         shown=loc[:-2])
+        elif kind == "string_pattern_mismatch":
+            got = err.get("input")
+            hint = _pattern_hints().get(str(err.get("ctx", {}).get("pattern")))
+            what = hint or f"it must match the pattern {err.get('ctx', {}).get('pattern')!r}"
+            problems.add(loc, f"bad value {got!r}: {what}")
+        elif kind == "extra_forbidden":
             key = str(loc[-1])
             owner = model if model is not None and len(err["loc"]) == 1 else _model_at(loc[:-1])
             names = [(f.alias or n) for n, f in owner.model_fields.items()] if owner else []
@@ -154,7 +221,8 @@ def _pydantic_problems(exc: ValidationError, problems: _Problems, prefix: Loc = 
         elif kind == "missing":
             problems.add(loc[:-1], f"missing required key {str(loc[-1])!r}")
         elif kind == "value_error":
-            problems.add(loc, str(err["ctx"].get("error", err["msg"])) if "ctx" in err else err["msg"])
+            problems.add(loc, _one_line(str(err["ctx"].get("error", err["msg"])) if "ctx" in err
+                                        else err["msg"]))
         else:
             got = err.get("input")
             shown = f", got {got!r}" if not isinstance(got, (dict, list)) else ""
@@ -226,6 +294,7 @@ def _check_with(step_loc: Loc, with_: dict[str, Any], model: type[BaseModel], pr
     """Check a ``with:`` block statically: keys always, types where the value has no expression."""
     fields = {(f.alias or n): f for n, f in model.model_fields.items()}
     attr = {(f.alias or n): n for n, f in model.model_fields.items()}
+    before = len(problems.items)
     for key in with_:
         if key not in fields:
             problems.add((*step_loc, "with", key), f"unknown key {key!r} for this action"
@@ -234,7 +303,6 @@ def _check_with(step_loc: Loc, with_: dict[str, Any], model: type[BaseModel], pr
         if field.is_required() and key not in with_:
             problems.add((*step_loc, "with"), f"missing required key {key!r}")
     literal = {k: v for k, v in with_.items() if k in fields and not expressions.has_expression(v)}
-    before = len(problems.items)
     for key, value in literal.items():  # type and field validators, one field at a time
         try:
             model.__pydantic_validator__.validate_assignment(model.model_construct(), attr[key], value)
@@ -297,6 +365,10 @@ def check_flow(flow: Flow, registry: Registry, problems: _Problems) -> None:
             _check_expressions(step.when, (*loc, "when"), flow, ancestors[step_id], problems, step_id)
     _check_expressions(flow.outputs, ("outputs",), flow, None, problems)
     for name, spec in flow.inputs.items():
+        for i, option in enumerate(spec.enum or []):
+            if not _TYPE_CHECKS[spec.type](option):
+                problems.add(("inputs", name, "enum", i),
+                             f"expected {spec.type}, got {type(option).__name__} {option!r}")
         if not spec.required and spec.default is not None:
             err = input_type_error(spec, spec.default)
             if err:
