@@ -30,6 +30,7 @@ SPEC_CACHE_SIZE = 256  # frozen specs kept per worker process (they never change
 VISIBILITY_TIMEOUT_S = 3600
 MAX_COUNTDOWN_S = 1800  # longer waits are taken in hops of at most this
 LEASE_MARGIN_S = 30  # a step's claim outlives its hard time limit by this much
+BUSY_RECHECK_S = 2.0  # a duplicate turned away by a lease looks again after at most this
 
 # Steps.
 STEP_TIMEOUT_S = 300.0  # soft limit per attempt when neither step nor flow sets one

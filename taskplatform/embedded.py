@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import gc
 import logging
 import os
 import shutil
@@ -159,6 +160,11 @@ class InProcessWorker:
                                        daemon=True)
         self.thread.start()
         self.controller.ensure_started()
+        # Starting a worker marks this process as one, where AsyncResult.get() refuses to
+        # block; the caller's thread is not a task, so allow it (as celery.contrib.testing does).
+        from celery.result import _set_task_join_will_block  # noqa: PLC0415
+
+        _set_task_join_will_block(False)
         return self
 
     def stop(self, timeout_s: float = 15.0) -> None:
@@ -188,15 +194,29 @@ def embedded_stack(app: Celery, settings: Settings) -> Iterator[Settings]:
         finally:
             worker.stop()
     finally:
-        _close_pools(app)
+        close_connections(app)
         server.stop()
 
 
-def _close_pools(app: Celery) -> None:
-    try:
-        app.pool.force_close_all()
-    except Exception:  # noqa: BLE001 - best effort on the way out
-        pass
+def close_connections(app: Celery) -> None:
+    """Close the app's broker pool and result-backend connections (before their server goes).
+
+    Left open, the backend's pubsub reconnects in a loop after the server is gone.
+    """
+    gc.collect()  # AsyncResults in reference cycles unsubscribe on __del__: let them go first
+    backend = getattr(app._local, "backend", None)  # this thread's, if it was ever created
+    consumer = getattr(backend, "result_consumer", None) if backend is not None else None
+    for close in (
+        getattr(consumer, "stop", None),
+        lambda: backend.client.connection_pool.disconnect() if backend is not None else None,
+        app.pool.force_close_all,
+    ):
+        if close is None:
+            continue
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            log.debug("closing a connection failed", exc_info=True)
 
 
 _process_stack: object | None = None

@@ -37,8 +37,9 @@ class Expression:
             raise ExpressionError(f"expression {self.source!r} failed: {exc}") from exc
 
 
-def _scan_close(text: str, start: int) -> int:
-    """Index of the ``}}`` closing the expression that starts at ``start``, or -1.
+def _scan_close(text: str, start: int) -> tuple[int, str]:
+    """Index of the ``}}`` closing the expression that starts at ``start`` (or -1), and the
+    quote character left open when there is none.
 
     Skips braces and ``}}`` inside JMESPath literals (backticks) and quoted strings, so
     ``${{ {a: `{"b": 1}`} }}`` closes where a reader expects.
@@ -58,10 +59,10 @@ def _scan_close(text: str, start: int) -> int:
             depth += 1
         elif ch == "}":
             if depth == 0 and text.startswith(CLOSE, i):
-                return i
+                return i, ""
             depth -= 1
         i += 1
-    return -1
+    return -1, quote
 
 
 @lru_cache(maxsize=4096)
@@ -100,9 +101,10 @@ def parse_template(text: str) -> tuple[str | Expression, ...]:
         start = text.find(OPEN, pos)
         if start < 0:
             break
-        end = _scan_close(text, start + len(OPEN))
+        end, quote = _scan_close(text, start + len(OPEN))
         if end < 0:
-            raise ExpressionError(f"unclosed '${{{{' in {text!r} (missing '}}}}')")
+            why = f"a {quote} in it is never closed" if quote else "missing '}}'"
+            raise ExpressionError(f"unclosed '${{{{' in {text!r} ({why})")
         if start > pos:
             parts.append(text[pos:start])
         parts.append(compile_expression(text[start + len(OPEN) : end].strip()))

@@ -88,8 +88,9 @@ def run_step(task: Task, connector: Connector, run_id: str, step_id: str) -> dic
     plan_step = spec.plan.steps[step_id]
     lease_s = plan_step.time_limit_s + defaults.LEASE_MARGIN_S
     claim = engine.store.claim(run_id, step_id, uuid.uuid4().hex, lease_s)
-    if claim.outcome == "busy":  # another delivery holds the lease: look again when it ends
-        raise task.retry(countdown=claim.retry_in_s + random.uniform(0, 1), max_retries=None)
+    if claim.outcome == "busy":  # another delivery holds the lease: look again soon
+        look_again_s = min(claim.retry_in_s, defaults.BUSY_RECHECK_S) + random.uniform(0, 0.5)
+        raise task.retry(countdown=look_again_s, max_retries=None)
     if claim.outcome == "done":  # a redelivery: the step settled before; drive the run on
         dispatch.redrive(engine, spec, step_id)
         return {"status": claim.status, "duplicate": True}

@@ -88,8 +88,7 @@ class _NodeWalker:
         return node.value
 
     def walk(self, node: yaml.Node, loc: Loc = ()) -> None:
-        line = node.start_mark.line + 1
-        self.lines.setdefault(loc, line)
+        line = self.lines.setdefault(loc, node.start_mark.line + 1)  # an alias: where it is used
         if not isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
             return
         if id(node) in self._active:
@@ -226,6 +225,9 @@ def _pydantic_problems(exc: ValidationError, problems: _Problems, prefix: Loc = 
         else:
             got = err.get("input")
             shown = f", got {got!r}" if not isinstance(got, (dict, list)) else ""
+            if kind == "literal_error" and isinstance(got, str):  # `type: int` -> 'integer'
+                options = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
+                shown += _did_you_mean(got, options)
             problems.add(loc, f"{err['msg'][0].lower()}{err['msg'][1:]}{shown}")
 
 

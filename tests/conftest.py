@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from taskplatform.embedded import RedisServer
+from taskplatform.embedded import RedisServer, close_connections
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,6 +39,7 @@ def engine_app(redis_server: RedisServer):
     worker = InProcessWorker(app, concurrency=8).start()
     yield app
     worker.stop()
+    close_connections(app)
 
 
 @pytest.fixture
@@ -92,7 +93,7 @@ def e2e_stack() -> Iterator[dict]:
             os.killpg(p.pid, 9)
             p.wait(5)
     log.close()
-    app.pool.force_close_all()
+    close_connections(app)
     server.stop()
 
 

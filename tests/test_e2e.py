@@ -198,3 +198,19 @@ def test_cli_embedded_default_leaves_nothing_behind():
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["outputs"] == {"message": "hello, ci!"}
     assert _redis_servers() <= before  # the embedded redis-server is gone
+
+
+def test_submit_flow_api_in_another_process(e2e_stack):
+    code = (
+        "from taskplatform import submit_flow, get_run, FlowFailed\n"
+        "run = submit_flow('diamond', {'x': 9})\n"
+        "print(run.wait(timeout=60))\n"
+        "print(get_run(run.run_id).status())\n"
+        "bad = submit_flow({'name': 'f', 'steps': {'a': {'uses': 'python.call',"
+        " 'with': {'function': 'tests.funcs:boom'}}}})\n"
+        "try:\n    bad.wait(timeout=60)\nexcept FlowFailed as e:\n    print('failed', e.step)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=e2e_stack["env"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:3] == ["{'double': 18, 'square': 81}", "succeeded", "failed a"]

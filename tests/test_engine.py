@@ -110,18 +110,21 @@ def test_outputs_reach_dependents_with_types_kept(client):
     assert out == {"b": {"n": 3, "l": [1, 2], "text": "n=3 l=[1,2]"}}
 
 
+def _redeliver(client, run_id, step_id):
+    """Publish a step's message again, as a redelivery would; returns its AsyncResult."""
+    spec = client.engine.run_spec(run_id)
+    sig = spec.plan.steps[step_id].signature(run_id)
+    options = {k: v for k, v in sig.options.items() if k != "ignore_result"}
+    return client.app.send_task(sig.task, args=sig.args, **options)
+
+
 def test_redelivered_message_does_not_repeat_the_side_effect(client):
     f = flow("once", {"a": call("count", kwargs={"key": "once"}),
                       "b": call("count", needs=["a"], kwargs={"key": "once-b"})})
     run = client.submit(f)
     run.wait(timeout=30)
-    spec = client.engine.run_spec(run.run_id)
-    dispatch.publish(client.engine, spec, ["a", "b"])  # as if both messages came back
-    dispatch.publish(client.engine, spec, ["a"])
-    deadline = time.monotonic() + 10
-    while client.engine.redis.llen("io") + client.engine.redis.llen("cpu") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # let the duplicates finish: they must find the stored outputs
+    dups = [_redeliver(client, run.run_id, s) for s in ("a", "b", "a")]
+    assert [d.get(timeout=30) for d in dups] == [{"status": "succeeded", "duplicate": True}] * 3
     assert counter(client, "once") == 1 and counter(client, "once-b") == 1
     assert run.status() == "succeeded"
 
@@ -129,10 +132,9 @@ def test_redelivered_message_does_not_repeat_the_side_effect(client):
 def test_concurrent_duplicate_is_turned_away_by_the_lease(client):
     f = flow("lease", {"slow": call("slow_count", kwargs={"key": "lease", "seconds": 0.5})})
     run = client.submit(f)
-    spec = client.engine.run_spec(run.run_id)
-    dispatch.publish(client.engine, spec, ["slow"])  # a second copy while the first runs
+    dup = _redeliver(client, run.run_id, "slow")  # a second copy while the first runs
     run.wait(timeout=30)
-    time.sleep(1.0)  # the duplicate backs off for the lease, then finds the step done
+    assert dup.get(timeout=30) == {"status": "succeeded", "duplicate": True}
     assert counter(client, "lease") == 1
 
 
