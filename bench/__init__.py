@@ -1,0 +1,1 @@
+"""Benchmarks of taskplatform against bare Celery (see bench/README.md)."""
