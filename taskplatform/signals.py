@@ -8,3 +8,5 @@ run_submitted = Signal(name="run_submitted", providing_args={"run_id", "flow", "
 step_settled = Signal(name="step_settled", providing_args={"run_id", "step_id", "status", "detail"})
 #: A run reached its terminal status (sent exactly once). Args: run_id, status, outputs, error.
 run_finished = Signal(name="run_finished", providing_args={"run_id", "status", "outputs", "error"})
+#: A finished run was resumed or a step replayed: it is running again. Args: run_id, steps (re-run ids).
+run_resumed = Signal(name="run_resumed", providing_args={"run_id", "steps"})
