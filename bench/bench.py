@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import ctypes
 import json
 import os
@@ -47,7 +48,7 @@ from celery.signals import before_task_publish  # noqa: E402
 
 from bench import measure  # noqa: E402
 from taskplatform.config import broker_url_for  # noqa: E402
-from taskplatform.embedded import RedisServer  # noqa: E402
+from taskplatform.embedded import RedisServer, close_connections  # noqa: E402
 
 LOG_DIR = ROOT / "bench" / "logs"
 SET = {"uses": "transform.set", "with": {"values": {"v": 1}}}
@@ -305,8 +306,7 @@ def run_taskplatform(args: argparse.Namespace, server: RedisServer, sizes: Sizes
         log(f"  tp N-DAG {len(flow['steps'])} steps: {t1 - t0:.2f}s")
     finally:
         worker.stop()
-        with contextlib.suppress(Exception):
-            app.pool.force_close_all()
+        close_connections(app)  # before the server goes, or the backend's pubsub reconnects at exit
     return out
 
 
@@ -384,8 +384,7 @@ def run_bare(args: argparse.Namespace, server: RedisServer, sizes: Sizes,
         log(f"  bare chain {args.chain}: {t1 - t0:.2f}s")
     finally:
         worker.stop()
-        with contextlib.suppress(Exception):
-            app.pool.force_close_all()
+        close_connections(app)  # before the server goes, or the backend's pubsub reconnects at exit
     return out
 
 
@@ -478,6 +477,20 @@ def _raise_on_sigterm(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
+def _detach_results() -> None:
+    """Detach the bare run's settled AsyncResults from their backend.
+
+    Celery keeps some of them referenced until exit, where ``AsyncResult.__del__`` would
+    unsubscribe through a Redis that is already stopped and print a traceback.
+    """
+    from celery.result import AsyncResult  # noqa: PLC0415
+
+    gc.collect()
+    for obj in gc.get_objects():
+        if AsyncResult in type(obj).__mro__:  # not isinstance: that evaluates Celery's lazy proxies
+            obj.backend = None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
@@ -500,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         tp = run_taskplatform(args, server, sizes, log)
         r.flushdb()  # the bare run starts on an empty Redis too
         bare = run_bare(args, server, sizes, log)
+        _detach_results()
         r.close()
     finally:
         server.stop()
