@@ -175,8 +175,9 @@ def recover_run(engine: Engine, run_id: str, stale_after_s: float, report: Recov
 
 def register_tasks(app: Celery) -> None:
     """Register ``taskplatform.recover`` (run by celery beat on the ``plan`` queue)."""
-    if RECOVER_TASK in app.tasks:
+    if app.__dict__.get("_taskplatform_recovery"):  # not app.tasks: that would load the config
         return
+    app.__dict__["_taskplatform_recovery"] = True
 
     @app.task(name=RECOVER_TASK, queue=defaults.QUEUE_PLAN, ignore_result=True, shared=False)
     def recover_task() -> dict[str, object]:
