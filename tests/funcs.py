@@ -55,3 +55,10 @@ def not_json() -> object:
 
 def echo(**kwargs: Any) -> dict[str, Any]:
     return kwargs
+
+
+def fail_while(flag_key: str) -> dict[str, Any]:
+    """Fail permanently while the Redis key ``flag_key`` exists (a test opens the gate)."""
+    if _r().exists(flag_key):
+        raise PermanentError(f"gate {flag_key} is closed")
+    return {"passed": True}
