@@ -12,7 +12,8 @@ A step of an active run is re-launched when its needs have all settled and:
 
 - its lease expired while it ran (the process that held it died): at once;
 - it is ``retrying`` and its retry is overdue by ``stale_after_s``;
-- it was never claimed ``stale_after_s`` after it became ready (its message was lost).
+- it was never claimed ``stale_after_s`` after it became ready and its queue is empty (its
+  message was lost; while the queue holds messages it may just be waiting its turn).
 
 It runs periodically as the ``taskplatform.recover`` task on the ``plan`` queue (celery beat,
 every ``TASKPLATFORM_RECOVERY_INTERVAL_S``) and on demand with ``manage.py recover``.
@@ -101,6 +102,7 @@ def recover(engine: Engine, *, stale_after_s: float | None = None,
     stale = engine.settings.recovery_stale_after_s if stale_after_s is None else stale_after_s
     report = RecoveryReport()
     seen: set[str] = set()
+    depths = queue_depths(engine)
     for source in list(sources if sources is not None else _sources):
         for run_id in source.run_ids(engine):
             if run_id in seen:
@@ -108,7 +110,7 @@ def recover(engine: Engine, *, stale_after_s: float | None = None,
             seen.add(run_id)
             report.checked += 1
             try:
-                recover_run(engine, run_id, stale, report)
+                recover_run(engine, run_id, stale, report, depths)
             except Exception:  # noqa: BLE001 - one broken run must not stop the sweep
                 log.exception("recovery of run %s failed", run_id)
     report.took_s = time.monotonic() - started
@@ -117,7 +119,18 @@ def recover(engine: Engine, *, stale_after_s: float | None = None,
     return report
 
 
-def recover_run(engine: Engine, run_id: str, stale_after_s: float, report: RecoveryReport) -> None:
+def queue_depths(engine: Engine) -> dict[str, int]:
+    """Messages waiting in each work queue (kombu's Redis list per queue)."""
+    prefix = engine.settings.key_prefix
+    pipe = engine.redis.pipeline(transaction=False)
+    for q in defaults.WORK_QUEUES:
+        pipe.llen(f"{prefix}{q}")
+    return dict(zip(defaults.WORK_QUEUES, (int(n) for n in pipe.execute())))
+
+
+def recover_run(engine: Engine, run_id: str, stale_after_s: float, report: RecoveryReport,
+                depths: dict[str, int] | None = None) -> None:
+    depths = queue_depths(engine) if depths is None else depths
     store = engine.store
     state = store.run_state(run_id)
     if not state or "run_id" not in state:
@@ -160,6 +173,8 @@ def recover_run(engine: Engine, run_id: str, stale_after_s: float, report: Recov
         elif value == StepStatus.WAITING.value:
             due, grace = float(detail.get("started_at") or 0) + engine.settings.max_countdown_s, stale_after_s
         else:
+            if depths.get(plan.steps[sid].queue, 0) > 0:
+                continue  # its message may still be waiting in a backlog: not lost (yet)
             ready_at = max([run_since, *(float(details.get(n, {}).get("finished_at") or 0) for n in needs)])
             due, grace = ready_at, stale_after_s
         if now < due + grace:

@@ -186,9 +186,10 @@ def _load_flow(url: str) -> dict:
     }}
 
 
-def _check_exactly_once(stack, http, runs) -> dict[str, int]:
+def _check_exactly_once(stack, http, runs, killed_at: float) -> dict[str, float]:
+    """Every step's effect applied once; returns counts and the recovery time of cut steps."""
     store = stack.client.engine.store
-    dup_keys, total = 0, 0
+    dup_keys, total, cut_settled = 0, 0, [killed_at]
     for run in runs:
         assert run.status() == "succeeded", (run.run_id, run.info())
         details = store.step_details(run.run_id)
@@ -196,22 +197,25 @@ def _check_exactly_once(stack, http, runs) -> dict[str, int]:
             key = f"{run.run_id}:{step}"
             total += 1
             assert http.effects[key] == 1, f"{key}: effect applied {http.effects[key]} times"
+            if details[step]["attempts"] > 1:
+                cut_settled.append(details[step]["finished_at"])
             if http.hits[key] > 1:  # only a step whose attempt was cut by the kill runs twice
                 dup_keys += 1
                 assert details[step]["attempts"] > 1, (key, http.hits[key], details[step])
-    return {"steps": total, "re_executed": dup_keys}
+    return {"steps": total, "re_executed": dup_keys,
+            "recovery_s": round(max(cut_settled) - killed_at, 2)}
 
 
 def test_kill_9_pool_child_during_100_concurrent_runs(stack, http):
     runs = [stack.client.submit(_load_flow(http.url)) for _ in range(100)]
     wait_until(lambda: sum(http.hits.values()) >= 60, 60, "some steps to run")
     victim = stack.workers.children()[0]
-    killed_at = time.monotonic()
+    killed_at, wall = time.monotonic(), time.time()
     os.kill(victim, 9)
     for run in runs:
         run.wait(timeout=120)
     took = time.monotonic() - killed_at
-    stats = _check_exactly_once(stack, http, runs)
+    stats = _check_exactly_once(stack, http, runs, wall)
     print(f"[kill child] all 100 runs succeeded {took:.1f}s after kill -9 of pool child {victim}; {stats}")
     assert stack.workers.alive()
 
@@ -220,14 +224,14 @@ def test_kill_9_whole_worker_group_during_100_concurrent_runs(stack, http):
     runs = [stack.client.submit(_load_flow(http.url)) for _ in range(100)]
     wait_until(lambda: sum(http.hits[f"{r.run_id}:start"] for r in runs) >= 40, 60, "some steps to run")
     stack.workers.kill_group()
-    killed_at = time.monotonic()
+    killed_at, wall = time.monotonic(), time.time()
     in_flight = sum(1 for r in runs if r.status() == "running")
     stack.restart_workers()
     restarted = time.monotonic() - killed_at
     for run in runs:
         run.wait(timeout=180)
     took = time.monotonic() - killed_at
-    stats = _check_exactly_once(stack, http, runs)
+    stats = _check_exactly_once(stack, http, runs, wall)
     print(f"[kill group] {in_flight} runs in flight; worker back after {restarted:.1f}s; "
           f"all 100 runs succeeded {took:.1f}s after kill -9 of the group; {stats}")
 
