@@ -326,6 +326,21 @@ def test_poison_messages_on_every_queue_are_counted_and_the_worker_keeps_serving
         "a": {"uses": "http.request", "with": {"url": f"{http.url}/hit?key=after-poison"}}}})
     run.wait(timeout=30)
 
+    listed = _manage(["dlq", "list"], stack.env)
+    assert listed.returncode == 0 and "poison" in listed.stdout and "poison messages seen" in listed.stdout
+    replay = _manage(["dlq", "replay", poison[0]["id"]], stack.env)
+    assert replay.returncode == 1 and "poison message" in replay.stderr and "Traceback" not in replay.stderr
+    purged = _manage(["dlq", "purge", "--yes"], stack.env)
+    assert purged.returncode == 0 and "purged" in purged.stdout
+    assert dlq.count() == 0 and dlq.poison_counts() == counts  # counters outlive a purge
+
+
+def test_cli_recover_reports_a_sweep(stack):
+    done = _manage(["recover", "--json"], stack.env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert set(report) == {"checked", "relaunched", "finished", "lost", "took_s"}
+
 
 # --- Redis restarts -----------------------------------------------------------------------------
 
