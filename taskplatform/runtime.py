@@ -194,7 +194,7 @@ def _run_claimed(task: Task, engine: Engine, spec: RunSpec, connector: Connector
         error = PermanentError(str(exc))
     except Exception as exc:  # noqa: BLE001 - every failure of user code is recorded, not raised
         error = exc
-        detail["traceback"] = traceback.format_exc(limit=20)[-4000:]
+        detail["traceback"] = redact_text(traceback.format_exc(limit=20))[-4000:]
     finally:
         reset_current_step(ctx_token)
 
@@ -205,7 +205,7 @@ def _run_claimed(task: Task, engine: Engine, spec: RunSpec, connector: Connector
         raise task.retry(countdown=min(defer_in, engine.settings.max_countdown_s), max_retries=None)
 
     if error is not None:
-        detail["error"] = describe_error(error)
+        detail["error"] = redact_text(describe_error(error))  # shown by status, audit, CLI
         detail["error_type"] = type(error).__name__
         retryable = should_retry(plan_step.retry, error)
         if retryable and attempt < (plan_step.retry.max_attempts or 1) \
