@@ -62,3 +62,16 @@ def fail_while(flag_key: str) -> dict[str, Any]:
     if _r().exists(flag_key):
         raise PermanentError(f"gate {flag_key} is closed")
     return {"passed": True}
+
+
+def ignore_soft_limit(seconds: float) -> dict[str, Any]:
+    """Misbehave: swallow the soft time limit and keep going (only the hard limit stops this)."""
+    from billiard.exceptions import SoftTimeLimitExceeded
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.1)
+        except SoftTimeLimitExceeded:
+            _r().incr("test:soft-limit-ignored")
+    return {"slept": seconds}

@@ -236,6 +236,28 @@ def test_kill_9_whole_worker_group_during_100_concurrent_runs(stack, http):
           f"all 100 runs succeeded {took:.1f}s after kill -9 of the group; {stats}")
 
 
+def test_a_step_that_ignores_its_soft_limit_is_stopped_by_the_hard_limit_and_dead_lettered(stack):
+    from taskplatform import defaults
+    from taskplatform.errors import FlowFailed
+
+    r = stack.client.engine.redis
+    flow = {"name": "hard-limit", "steps": {"stubborn": {
+        "uses": "python.call", "timeout_s": 1, "retry": {"max_attempts": 1},
+        "with": {"function": "tests.funcs:ignore_soft_limit", "args": [120]}}}}
+    run = stack.client.submit(flow)
+    started = time.monotonic()
+    with pytest.raises(FlowFailed) as err:
+        run.wait(timeout=90)
+    took = time.monotonic() - started
+    assert err.value.step == "stubborn"
+    assert "lost" in err.value.error and "hard time limit of 16s" in err.value.error
+    assert int(r.get("test:soft-limit-ignored") or 0) >= 1  # the soft limit came first
+    assert run.steps()["stubborn"].status == "dead_lettered"
+    print(f"[hard limit] soft 1 s ignored, hard {1 + defaults.HARD_LIMIT_GRACE_S:g} s; "
+          f"dead-lettered {took:.1f}s after submit")
+    assert took < 60  # 16 s hard limit + lease + sweep, far from the step's 120 s
+
+
 # --- cancel and resume --------------------------------------------------------------------------
 
 
