@@ -241,3 +241,31 @@ def test_resume_refuses_running_and_succeeded_runs(client):
     run.wait(timeout=30)
     with pytest.raises(RunStateError, match="only failed or canceled"):
         run.resume()
+
+
+def test_cli_dlq_replay_by_flow_replays_every_entry_of_that_flow(client, redis_server, monkeypatch):
+    from click.testing import CliRunner
+
+    from taskplatform.cli import main
+
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    r = client.engine.redis
+    r.set("test:gate2", "closed")
+    flow = {"name": "replay-by-flow", "steps": {"g": {
+        "uses": "python.call", "with": {"function": "tests.funcs:fail_while", "args": ["test:gate2"]}}}}
+    runs = [client.submit(flow) for _ in range(3)]
+    for run in runs:
+        with pytest.raises(FlowFailed):
+            run.wait(timeout=30)
+    runner = CliRunner()
+    listed = runner.invoke(main, ["dlq", "list", "--flow", "replay-by-flow"])
+    assert listed.exit_code == 0 and "3 entries" in listed.output
+    r.delete("test:gate2")
+    done = runner.invoke(main, ["dlq", "replay", "--flow", "replay-by-flow"])
+    assert done.exit_code == 0, done.output
+    assert done.output.count("replayed ") == 3
+    for run in runs:
+        assert run.wait(timeout=30) == {}
+    assert client.engine.dlq.list(flow="replay-by-flow") == []
+    usage = runner.invoke(main, ["dlq", "replay"])
+    assert usage.exit_code == 2 and "give an entry id or --flow" in usage.output
