@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 import traceback
@@ -150,6 +151,7 @@ def _run_claimed(task: Task, engine: Engine, spec: RunSpec, connector: Connector
         first_started_at=detail.get("first_started_at", round(now, 6)),
         started_at=round(now, 6),
         worker=task.request.hostname,
+        pid=os.getpid(),
         task_id=task.request.id,
         queue=(task.request.delivery_info or {}).get("routing_key"),
     )
