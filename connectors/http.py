@@ -103,9 +103,9 @@ class Request(Connector):
             raise PermanentError(f"{where}: {type(exc).__name__}: {exc}") from exc
         status = response.status_code
         if status >= 500 or status in TRANSIENT_STATUS:
-            raise TransientError(f"{where}: HTTP {status} {_snippet(response)}")
+            raise TransientError(f"{where}: HTTP {status} {_snippet(response)}", http_status=status)
         if status >= 400:
-            raise PermanentError(f"{where}: HTTP {status} {_snippet(response)}")
+            raise PermanentError(f"{where}: HTTP {status} {_snippet(response)}", http_status=status)
         try:
             body_json = response.json() if response.content else None
         except ValueError:

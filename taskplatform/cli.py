@@ -86,6 +86,8 @@ def main(verbose: int) -> None:
       python manage.py flows list
       python manage.py flows graph diamond
       python manage.py status 3f2a...
+      python manage.py dlq list
+      python manage.py resume 3f2a...
     """
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -250,6 +252,183 @@ def runs(limit: int) -> None:
             except RunNotFound:
                 continue
             click.echo(f"{run_id}  {info['flow'] or '?':<24} {info['status']}")
+
+
+# --- cancel / resume / recover / dlq (taskplatform/control.py, recovery.py, dlq.py) ------------
+
+
+@contextlib.contextmanager
+def _remote_client() -> Iterator[Any]:
+    """A client on REDIS_URL: these commands act on runs of a shared Redis."""
+    from taskplatform.errors import DeadLetterNotFound, RunStateError  # noqa: PLC0415
+    from taskplatform.settings import load_settings  # noqa: PLC0415
+
+    with _errors():
+        if load_settings().embedded:
+            _fail("REDIS_URL is not set: runs of the embedded Redis end with their process", RET_BACKEND)
+        try:
+            with _client() as client:
+                yield client
+        except RunStateError as exc:
+            _fail(str(exc), RET_FAILED)
+        except DeadLetterNotFound as exc:
+            _fail(str(exc), RET_NOT_FOUND)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--reason", default="canceled by operator", show_default=True)
+def cancel(run_id: str, reason: str) -> None:
+    """Cancel a run: nothing new starts, running steps are asked to stop, it ends canceled.
+
+    \b
+    Example:
+      python manage.py cancel 3f2a9c... --reason "wrong inputs"
+    """
+    with _remote_client() as client:
+        steps = client.get_run(run_id).cancel(reason)
+    click.echo(f"run {run_id}: cancel asked; canceled {len(steps)} step(s): {', '.join(steps) or '-'}")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--wait/--no-wait", default=False, help="Wait for the resumed run to end.")
+@click.option("--timeout", type=float, default=None, metavar="S")
+def resume(run_id: str, wait: bool, timeout: float | None) -> None:
+    """Resume a failed or canceled run: succeeded steps keep their outputs, the rest run again.
+
+    \b
+    Example:
+      python manage.py resume 3f2a9c... --wait
+    """
+    with _remote_client() as client:
+        run = client.get_run(run_id)
+        steps = run.resume()
+        click.echo(f"run {run_id}: resumed {len(steps)} step(s): {', '.join(steps)}")
+        if wait:
+            try:
+                run.wait(timeout=timeout)
+            except FlowFailed as exc:
+                _fail(str(exc), RET_FAILED)
+            except RunTimeout as exc:
+                _fail(str(exc), RET_TIMEOUT)
+            click.echo(f"run {run_id} succeeded")
+
+
+@main.command()
+@click.option("--stale-after", type=float, default=None, metavar="S",
+              help="Re-launch ready steps unclaimed for S seconds (default TASKPLATFORM_RECOVERY_STALE_AFTER_S).")
+@click.option("--json", "as_json", is_flag=True)
+def recover(stale_after: float | None, as_json: bool) -> None:
+    """Find stuck runs (dead workers, lost messages, unfinished runs) and drive them on.
+
+    celery beat runs the same sweep every TASKPLATFORM_RECOVERY_INTERVAL_S on the plan queue.
+
+    \b
+    Example:
+      python manage.py recover --json
+    """
+    with _remote_client() as client:
+        report = client.recover(stale_after_s=stale_after)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(f"checked {report['checked']} run(s) in {report['took_s']}s")
+    for run_id, steps in report["relaunched"].items():  # type: ignore[union-attr]
+        click.echo(f"  re-launched {run_id}: {', '.join(steps)}")
+    for run_id in report["finished"]:  # type: ignore[union-attr]
+        click.echo(f"  finished {run_id}")
+    for run_id in report["lost"]:  # type: ignore[union-attr]
+        click.echo(f"  lost {run_id}: its state is gone from Redis")
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters: steps that failed for good, and poison messages."""
+
+
+@dlq.command("list")
+@click.option("--flow", default=None, help="Only entries of this flow.")
+@click.option("--json", "as_json", is_flag=True)
+def dlq_list(flow: str | None, as_json: bool) -> None:
+    """List dead letters, oldest first.
+
+    \b
+    Example:
+      python manage.py dlq list --flow order-digest
+    """
+    with _remote_client() as client:
+        entries = client.engine.dlq.list(flow=flow)
+        poison = client.engine.dlq.poison_counts()
+    if as_json:
+        click.echo(json.dumps({"entries": entries, "poison_counts": poison}))
+        return
+    for e in entries:
+        where = f"{e['flow']} {e['run_id']} {e['step_id']}" if e["kind"] == "step" else f"queue {e['queue']}"
+        click.echo(f"{e['id']}  {e['kind']:<6} {where}  {e['error']}")
+    click.echo(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
+               + (f"; poison messages seen: {poison}" if poison else ""))
+
+
+@dlq.command("show")
+@click.argument("entry_id")
+def dlq_show(entry_id: str) -> None:
+    """Show one dead letter as JSON (inputs and errors are masked).
+
+    \b
+    Example:
+      python manage.py dlq show 3f2a9c....fetch
+    """
+    with _remote_client() as client:
+        click.echo(json.dumps(client.engine.dlq.get(entry_id), indent=2))
+
+
+@dlq.command("replay")
+@click.argument("entry_id", required=False)
+@click.option("--flow", default=None, help="Replay every step entry of this flow.")
+def dlq_replay(entry_id: str | None, flow: str | None) -> None:
+    """Re-run dead-lettered steps under their run and step ids; each run goes on to its end.
+
+    \b
+    Examples:
+      python manage.py dlq replay 3f2a9c....fetch
+      python manage.py dlq replay --flow order-digest
+    """
+    if (entry_id is None) == (flow is None):
+        _fail("give an entry id or --flow NAME", RET_USAGE)
+    from taskplatform.errors import RunNotFound as _RunNotFound, RunStateError  # noqa: PLC0415
+
+    with _remote_client() as client:
+        ids = [entry_id] if entry_id else [e["id"] for e in client.engine.dlq.list(flow=flow, kind="step")]
+        bad = 0
+        for eid in ids:
+            try:
+                done = client.replay(eid)
+            except (RunStateError, _RunNotFound) as exc:
+                if entry_id:
+                    raise
+                bad += 1
+                click.echo(f"skipped {eid}: {exc}", err=True)
+                continue
+            click.echo(f"replayed {eid}: run {done['run_id']} re-runs {', '.join(done['steps'])}")
+    sys.exit(RET_FAILED if bad else RET_OK)
+
+
+@dlq.command("purge")
+@click.option("--flow", default=None, help="Only entries of this flow.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dlq_purge(flow: str | None, yes: bool) -> None:
+    """Delete dead letters (all, or those of one flow).
+
+    \b
+    Example:
+      python manage.py dlq purge --flow order-digest --yes
+    """
+    if not yes:
+        click.confirm(f"delete every dead letter{' of ' + flow if flow else ''}?", abort=True)
+    with _remote_client() as client:
+        n = client.engine.dlq.purge(flow=flow)
+    click.echo(f"purged {n} entr{'y' if n == 1 else 'ies'}")
 
 
 # --- flows ------------------------------------------------------------------------------------

@@ -13,9 +13,9 @@ from typing import Any
 import redis
 from celery import Celery
 
-from taskplatform import dispatch, signals
+from taskplatform import defaults, dispatch, signals
 from taskplatform.engine import Engine, RunSpec, engine_for
-from taskplatform.errors import FlowFailed, RunNotFound, RunTimeout
+from taskplatform.errors import BackendError, FlowFailed, RunLost, RunNotFound, RunTimeout
 from taskplatform.flow import Flow
 from taskplatform.state import RunStatus, translate_redis_errors
 from taskplatform.validation import find_flow, load_flow_file, validate_flow, validate_inputs
@@ -94,12 +94,46 @@ class Run:
         raw = self._state().get("outputs")
         return _json(raw) if raw else None
 
+    def cancel(self, reason: str = "canceled by operator") -> list[str]:
+        """Cancel the run: no new step starts, running ones are asked to stop, it ends canceled.
+
+        Returns the steps canceled at once. Raises RunNotFound, RunStateError (already ended).
+        """
+        from taskplatform import control  # noqa: PLC0415
+
+        return control.cancel(self.client.engine, self.run_id, reason=reason)
+
+    def resume(self) -> list[str]:
+        """Run a failed or canceled run on: succeeded steps keep their outputs, the rest run.
+
+        Returns the steps that run again. Raises RunNotFound, RunStateError.
+        """
+        from taskplatform import control  # noqa: PLC0415
+
+        return control.resume(self.client.engine, self.run_id)
+
     def wait(self, timeout: float | None = None) -> dict[str, Any]:
-        """Block until the run ends; return its outputs or raise FlowFailed (or RunTimeout)."""
+        """Block until the run ends; return its outputs or raise FlowFailed (or RunTimeout).
+
+        Rides out a Redis restart for up to ``WAIT_REDIS_OUTAGE_S`` (then BackendError); raises
+        RunLost if the run's state vanished from Redis while waiting, so no caller waits forever.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         store = self.client.engine.store
+        outage_since: float | None = None
         while True:
-            state = self._state()
+            try:
+                state = self._state()
+                outage_since = None
+            except RunNotFound:
+                raise RunLost(self.run_id) from None
+            except BackendError:
+                now = time.monotonic()
+                outage_since = outage_since or now
+                if now - outage_since > defaults.WAIT_REDIS_OUTAGE_S or (deadline is not None and now > deadline):
+                    raise
+                time.sleep(0.5)
+                continue
             status = state.get("status", RunStatus.PENDING.value)
             if status in ("succeeded", "failed", "canceled"):
                 if status == "succeeded":
@@ -113,8 +147,8 @@ class Run:
                 block = min(block, left)
             try:
                 store.wait_done(self.run_id, max(block, 0.01))
-            except redis.RedisError as exc:
-                raise translate_redis_errors(exc) from exc
+            except redis.RedisError:
+                time.sleep(0.2)  # the next _state() decides: outage, lost run, or go on
 
 
 class Client:
@@ -188,6 +222,18 @@ class Client:
         run = Run(self, run_id)
         run._state()
         return run
+
+    def replay(self, entry_id: str) -> dict[str, Any]:
+        """Replay a dead-lettered step under its run and step ids (``manage.py dlq replay``)."""
+        from taskplatform import control  # noqa: PLC0415
+
+        return control.replay(self.engine, entry_id)
+
+    def recover(self, *, stale_after_s: float | None = None) -> dict[str, Any]:
+        """One recovery sweep now (``manage.py recover``); returns what it found and did."""
+        from taskplatform import recovery  # noqa: PLC0415
+
+        return recovery.recover(self.engine, stale_after_s=stale_after_s).as_dict()
 
     def recent_runs(self, limit: int = 50) -> list[str]:
         return self.engine.store.recent_runs(limit)

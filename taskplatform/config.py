@@ -62,7 +62,23 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # At least once: ack after the task, requeue when the worker process dies.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": 4,
+        # Celery 5.7: a lost worker re-sends the task as a retry, capped by max_retries, so a
+        # step that crashes its process cannot requeue itself forever (our leases then cap
+        # attempts: a step whose process died max_attempts times is dead-lettered).
+        "task_retry_on_worker_lost": True,
+        # Prefetch 1 per process: steps are long and acks are late, so prefetched messages
+        # would sit behind a slow step (and come back only after the visibility timeout if
+        # the worker dies). Raise it for io workers with `--prefetch-multiplier`.
+        "worker_prefetch_multiplier": 1,
+        "worker_consumer": "taskplatform.poison:PoisonAwareConsumer",
+        # Recovery sweep (taskplatform/recovery.py), on the plan queue; run `celery -A taskplatform beat`.
+        "beat_schedule": {
+            "taskplatform-recover": {
+                "task": "taskplatform.recover",
+                "schedule": settings.recovery_interval_s,
+                "options": {"queue": defaults.QUEUE_PLAN, "expires": settings.recovery_interval_s},
+            },
+        },
         "task_queues": [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in defaults.QUEUES],
         "task_default_queue": defaults.QUEUE_IO,
         "task_default_exchange": defaults.QUEUE_IO,

@@ -20,6 +20,12 @@ KEY_RUN_REMAINING = "{prefix}run:{run_id}:remaining"  # hash: step_id -> needs n
 KEY_RUN_SETTLED = "{prefix}run:{run_id}:settled"  # counter of settled steps
 KEY_RUN_DONE = "{prefix}run:{run_id}:done"  # list with one token once the run is terminal
 KEY_RUN_INDEX = "{prefix}runs"  # sorted set: run_id scored by creation time
+KEY_RUNS_ACTIVE = "{prefix}runs:active"  # sorted set: runs not yet terminal (recovery scans it)
+KEY_RUN_CANCEL = "{prefix}run:{run_id}:cancel"  # set once a cancel was asked for
+KEY_RUN_RECOVERED = "{prefix}run:{run_id}:recovered"  # hash: step_id -> when recovery re-launched it
+KEY_DLQ_ENTRIES = "{prefix}dlq:entries"  # hash: entry id -> JSON dead letter
+KEY_DLQ_INDEX = "{prefix}dlq:index"  # sorted set: entry id scored by time
+KEY_POISON_COUNT = "{prefix}dlq:poison:{run_id}"  # counter per queue (run_id slot holds the queue)
 
 # Lifetimes.
 RUN_TTL_S = 7 * 24 * 3600  # how long a run's Redis state lives after its last write
@@ -30,6 +36,8 @@ SPEC_CACHE_SIZE = 256  # frozen specs kept per worker process (they never change
 VISIBILITY_TIMEOUT_S = 3600
 MAX_COUNTDOWN_S = 1800  # longer waits are taken in hops of at most this
 LEASE_MARGIN_S = 30  # a step's claim outlives its hard time limit by this much
+LEASE_TTL_S = 15.0  # a claimed step's lease, renewed every LEASE_RENEW_S while its process lives
+LEASE_RENEW_S = 5.0  # so a dead worker's steps are free again at most LEASE_TTL_S after it died
 BUSY_RECHECK_S = 2.0  # a duplicate turned away by a lease looks again after at most this
 
 # Steps.
@@ -40,5 +48,14 @@ RETRY_BACKOFF_S = 1.0
 RETRY_MAX_BACKOFF_S = 60.0
 RETRY_JITTER = True
 
+# Recovery (a celery beat task on the plan queue, and ``manage.py recover``).
+RECOVERY_INTERVAL_S = 30.0  # how often beat asks for a recovery sweep
+RECOVERY_STALE_AFTER_S = 120.0  # a ready step with no claim for this long is re-launched
+
+# Dead letters.
+DLQ_TRACEBACK_CHARS = 4000
+POISON_BODY_CHARS = 2000
+
 # Client.
 WAIT_POLL_S = 1.0  # longest single block while waiting for a run to finish
+WAIT_REDIS_OUTAGE_S = 60.0  # wait() rides out a Redis restart this long before raising BackendError

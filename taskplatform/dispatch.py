@@ -60,9 +60,15 @@ def redrive(engine: Engine, spec: RunSpec, step_id: str) -> None:
     _advance(engine, spec, ready, engine.store.settled_count(spec.run_id))
 
 
+def advance(engine: Engine, spec: RunSpec, ready: Iterable[str], settled_count: int) -> None:
+    """Settle ``ready`` steps whose needs failed or skipped, launch the rest, finish if all settled."""
+    _advance(engine, spec, ready, settled_count)
+
+
 def _advance(engine: Engine, spec: RunSpec, ready: Iterable[str], settled_count: int) -> None:
     store, plan = engine.store, spec.plan
     launch: list[str] = []
+    canceled: str | None = None  # looked up once, when the first step is about to launch
     queue = deque(ready)
     while queue:
         sid = queue.popleft()
@@ -75,6 +81,10 @@ def _advance(engine: Engine, spec: RunSpec, ready: Iterable[str], settled_count:
             outcome, why = StepStatus.UPSTREAM_FAILED, f"upstream step(s) did not succeed: {', '.join(failed)}"
         elif skipped and not step.has_when:
             outcome, why = StepStatus.SKIPPED, f"upstream step(s) skipped: {', '.join(skipped)}"
+        if outcome is None and canceled is None:
+            canceled = store.cancel_requested(spec.run_id) or ""
+        if outcome is None and canceled:
+            outcome, why = StepStatus.CANCELED, f"run canceled: {canceled}"
         if outcome is None:
             launch.append(sid)
             continue
@@ -102,7 +112,11 @@ def finish(engine: Engine, spec: RunSpec) -> bool:
     canceled = [s for s in spec.plan.order if statuses[s] == "canceled"]
     status = RunStatus.SUCCEEDED
     error = failed_step = None
-    if failed:
+    cancel_reason = store.cancel_requested(spec.run_id)
+    if cancel_reason is not None:
+        status, failed_step = RunStatus.CANCELED, (canceled[0] if canceled else None)
+        error = f"canceled: {cancel_reason}"
+    elif failed:
         status, failed_step = RunStatus.FAILED, failed[0]
         error = details.get(failed_step, {}).get("error")
     elif canceled:

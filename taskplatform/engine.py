@@ -18,6 +18,7 @@ from connectors.base import Registry, default_registry
 from taskplatform import defaults, expressions
 from taskplatform.compiler import Plan, compile_flow
 from taskplatform.config import client_url_for
+from taskplatform.dlq import DeadLetters
 from taskplatform.errors import ConfigError
 from taskplatform.flow import Flow
 from taskplatform.settings import Settings
@@ -68,6 +69,7 @@ class Engine:
             client_url_for(settings.redis_url), socket_connect_timeout=5, health_check_interval=30
         )
         self.store = RunStore(self.redis, prefix=settings.key_prefix, ttl_s=settings.run_ttl_s)
+        self.dlq = DeadLetters(self.redis, settings.key_prefix)
         self._specs: OrderedDict[str, RunSpec] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -87,6 +89,11 @@ class Engine:
             while len(self._specs) > defaults.SPEC_CACHE_SIZE:
                 self._specs.popitem(last=False)
         return spec
+
+    def forget_spec(self, run_id: str) -> None:
+        """Drop a cached spec (its run's state is gone from Redis)."""
+        with self._lock:
+            self._specs.pop(run_id, None)
 
     def context_for(self, spec: RunSpec, step_id: str | None) -> dict[str, Any]:
         """The expression context of a step (only the steps it reads), or of the whole run."""

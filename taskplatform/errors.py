@@ -9,7 +9,10 @@ The hierarchy::
     │   ├── FlowNotFound         no flow of that name or path
     │   ├── RunNotFound          no run with that id
     │   ├── FlowFailed           a run ended failed (names the step and its error)
-    │   └── RunTimeout           wait() gave up before the run finished
+    │   │   └── RunLost          the run's state vanished from Redis while we waited
+    │   ├── RunTimeout           wait() gave up before the run finished
+    │   └── RunStateError        cancel/resume/replay does not apply to the run as it is
+    ├── DeadLetterNotFound       no dead-letter entry with that id
     ├── ConnectorError
     │   ├── ConnectorNotFound    unknown ``connector.action``
     │   ├── TransientError       worth retrying (5xx, 429, timeouts, connection errors)
@@ -87,6 +90,15 @@ class FlowFailed(FlowError):
         super().__init__(f"run {run_id} {status}{where}: {error or 'no error recorded'}")
 
 
+class RunLost(FlowFailed):
+    """The run's state vanished from Redis (restarted without persistence, or expired)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(run_id, "failed", None,
+                         "its state vanished from Redis (Redis restarted without persistence, "
+                         "flushed, or the run expired); it cannot be driven on from Redis")
+
+
 class RunTimeout(FlowError):
     """``wait(timeout=...)`` elapsed before the run reached a terminal status."""
 
@@ -95,8 +107,24 @@ class RunTimeout(FlowError):
         super().__init__(f"run {run_id} still {status} after {timeout_s:g}s")
 
 
+class RunStateError(FlowError):
+    """The run is not in a state where this operation applies (resume a running run, ...)."""
+
+
+class DeadLetterNotFound(PlatformError):
+    """No dead-letter entry with that id."""
+
+    def __init__(self, entry_id: str) -> None:
+        self.entry_id = entry_id
+        super().__init__(f"dead letter not found: {entry_id!r}")
+
+
 class ConnectorError(PlatformError):
-    """A connector action failed."""
+    """A connector action failed; ``http_status`` is set when an HTTP answer said so."""
+
+    def __init__(self, *args: object, http_status: int | None = None) -> None:
+        super().__init__(*args)
+        self.http_status = http_status
 
 
 class ConnectorNotFound(ConnectorError):

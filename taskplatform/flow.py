@@ -6,6 +6,7 @@ the meaning (needs, cycles, connectors, expressions) before anything runs.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -16,6 +17,7 @@ Queue = Literal["io", "cpu", "plan"]
 InputType = Literal["string", "integer", "number", "boolean", "object", "array", "any"]
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
 FLOW_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+ERROR_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 
 
 class _Strict(BaseModel):
@@ -29,6 +31,25 @@ class RetryPolicy(_Strict):
     backoff_s: float | None = Field(None, ge=0)
     max_backoff_s: float | None = Field(None, ge=0)
     jitter: bool | None = None
+    #: Which errors retry: error type names (any class in the error's hierarchy, e.g.
+    #: ``TransientError``, ``StepTimedOut``) and HTTP statuses (``503``). Unset: transient
+    #: errors only. Set: exactly these (a listed status retries even a permanent 4xx).
+    retry_on: list[str | int] | None = None
+
+    @field_validator("retry_on", mode="before")
+    @classmethod
+    def _retry_on_items(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        if not isinstance(value, list):
+            raise ValueError("retry_on must be a list of error type names and HTTP statuses")
+        for i, item in enumerate(value):
+            ok_status = isinstance(item, int) and not isinstance(item, bool) and 100 <= item <= 599
+            ok_name = isinstance(item, str) and re.fullmatch(ERROR_NAME_PATTERN, item) is not None
+            if not (ok_status or ok_name):
+                raise ValueError(f"retry_on[{i}]: {item!r} is neither an error type name "
+                                 "(e.g. TransientError, StepTimedOut) nor an HTTP status (100-599)")
+        return value
 
     def over(self, base: RetryPolicy) -> RetryPolicy:
         """This policy with unset fields taken from ``base``."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 import traceback
@@ -21,9 +22,10 @@ from celery import Celery, Task
 from pydantic import ValidationError
 
 from connectors.base import Connector, Defer, StepContext, reset_current_step, set_current_step
-from taskplatform import defaults, dispatch, expressions
+from taskplatform import defaults, dispatch, expressions, lease
 from taskplatform.compiler import task_name
-from taskplatform.engine import RunSpec, engine_for
+from taskplatform.engine import Engine, RunSpec, engine_for
+from taskplatform.secrets import redact_text
 from taskplatform.errors import ExpressionError, PermanentError, StepTimedOut, TransientError
 from taskplatform.flow import RetryPolicy
 from taskplatform.state import StepStatus, dumps
@@ -39,6 +41,27 @@ STARTED_KW = "_tp_first_started_at"  # carried across deferrals of a standalone 
 def is_transient(exc: BaseException) -> bool:
     """Whether an error is worth retrying under the step's policy."""
     return isinstance(exc, TRANSIENT_TYPES) and not isinstance(exc, PermanentError)
+
+
+def should_retry(policy: RetryPolicy, exc: BaseException) -> bool:
+    """Whether ``exc`` is retried under ``policy``: its ``retry_on`` list, or transient errors."""
+    if policy.retry_on is None:
+        return is_transient(exc)
+    names = {c.__name__ for c in type(exc).__mro__}
+    status = getattr(exc, "http_status", None)
+    return any(item in names if isinstance(item, str) else item == status for item in policy.retry_on)
+
+
+def dead_letter(engine: Engine, spec: RunSpec, step_id: str, resolved: Any, error: BaseException,
+                detail: dict[str, Any]) -> str:
+    """Write the step's dead-letter entry (inputs and error masked); returns its id."""
+    return engine.dlq.add_step(
+        flow=spec.flow.name, run_id=spec.run_id, step_id=step_id, action=spec.plan.steps[step_id].action,
+        queue=detail.get("queue"), inputs=resolved, error_type=type(error).__name__,
+        error=detail.get("error", describe_error(error)), traceback=detail.get("traceback"),
+        attempts=int(detail.get("attempts", 0)), first_started_at=detail.get("first_started_at"),
+        failed_at=round(time.time(), 6),
+    )
 
 
 def backoff_s(policy: RetryPolicy, attempt: int) -> float:
@@ -86,18 +109,40 @@ def run_step(task: Task, connector: Connector, run_id: str, step_id: str) -> dic
                   run_id, step_id)
         return {"status": "lost"}
     plan_step = spec.plan.steps[step_id]
-    lease_s = plan_step.time_limit_s + defaults.LEASE_MARGIN_S
-    claim = engine.store.claim(run_id, step_id, uuid.uuid4().hex, lease_s)
+    lease_s = engine.settings.lease_ttl_s
+    token = uuid.uuid4().hex
+    claim = engine.store.claim(run_id, step_id, token, lease_s)
+    if claim.outcome == "lost":
+        engine.forget_spec(run_id)
+        log.error("run %s lost its state in Redis (restart without persistence?); dropping step %s",
+                  run_id, step_id)
+        return {"status": "lost"}
     if claim.outcome == "busy":  # another delivery holds the lease: look again soon
         look_again_s = min(claim.retry_in_s, defaults.BUSY_RECHECK_S) + random.uniform(0, 0.5)
         raise task.retry(countdown=look_again_s, max_retries=None)
     if claim.outcome == "done":  # a redelivery: the step settled before; drive the run on
         dispatch.redrive(engine, spec, step_id)
         return {"status": claim.status, "duplicate": True}
+    handle = lease.keeper.hold(lease.Lease(engine.store, run_id, step_id, token, lease_s))
+    try:
+        return _run_claimed(task, engine, spec, connector, step_id)
+    finally:
+        lease.keeper.drop(handle)
+
+
+def _run_claimed(task: Task, engine: Engine, spec: RunSpec, connector: Connector,
+                 step_id: str) -> dict[str, Any]:
+    run_id = spec.run_id
+    plan_step = spec.plan.steps[step_id]
+    if engine.store.cancel_requested(run_id) is not None:
+        dispatch.settle(engine, spec, step_id, StepStatus.CANCELED,
+                        {"reason": "run canceled before the step started"})
+        return {"status": "canceled"}
 
     store = engine.store
     detail = store.step_detail(run_id, step_id)
     waiting = detail.get("status") == StepStatus.WAITING.value
+    lost = detail.get("status") == StepStatus.RUNNING.value  # the last attempt's process died
     attempt = int(detail.get("attempts", 0)) + (0 if waiting else 1)
     now = time.time()
     detail.update(
@@ -106,10 +151,18 @@ def run_step(task: Task, connector: Connector, run_id: str, step_id: str) -> dic
         first_started_at=detail.get("first_started_at", round(now, 6)),
         started_at=round(now, 6),
         worker=task.request.hostname,
+        pid=os.getpid(),
         task_id=task.request.id,
         queue=(task.request.delivery_info or {}).get("routing_key"),
     )
     store.set_step_detail(run_id, step_id, detail)
+    if lost and attempt > (plan_step.retry.max_attempts or 1):  # crash loop or hard time limit
+        error = TransientError(f"step {step_id!r}: {attempt - 1} attempt(s) lost (worker died or hit "
+                               f"the hard time limit of {plan_step.time_limit_s:g}s)")
+        detail.update(attempts=attempt - 1, error=describe_error(error), error_type="TransientError")
+        detail["dead_letter"] = dead_letter(engine, spec, step_id, None, error, detail)
+        dispatch.settle(engine, spec, step_id, StepStatus.DEAD_LETTERED, detail)
+        return {"status": StepStatus.DEAD_LETTERED.value}
     step = spec.flow.steps[step_id]
     ctx_token = set_current_step(StepContext(run_id, step_id, attempt, detail["first_started_at"],
                                              plan_step.soft_time_limit_s))
@@ -117,6 +170,7 @@ def run_step(task: Task, connector: Connector, run_id: str, step_id: str) -> dic
     defer_in: float | None = None
     error: BaseException | None = None
     output_json: str | None = None
+    resolved: Any = None
     try:
         context = engine.context_for(spec, step_id)
         if step.when is not None and not expressions.truthy(expressions.render(step.when, context)):
@@ -133,12 +187,16 @@ def run_step(task: Task, connector: Connector, run_id: str, step_id: str) -> dic
     except Defer as d:
         defer_in = d.delay_s
     except SoftTimeLimitExceeded:
+        if store.cancel_requested(run_id) is not None:  # cancel() interrupts with the same signal
+            detail["reason"] = "canceled while running"
+            dispatch.settle(engine, spec, step_id, StepStatus.CANCELED, detail)
+            return {"status": "canceled"}
         error = StepTimedOut(f"step {step_id!r} ran past its timeout of {plan_step.soft_time_limit_s:g}s")
     except ExpressionError as exc:
         error = PermanentError(str(exc))
     except Exception as exc:  # noqa: BLE001 - every failure of user code is recorded, not raised
         error = exc
-        detail["traceback"] = traceback.format_exc(limit=20)[-4000:]
+        detail["traceback"] = redact_text(traceback.format_exc(limit=20))[-4000:]
     finally:
         reset_current_step(ctx_token)
 
@@ -149,20 +207,26 @@ def run_step(task: Task, connector: Connector, run_id: str, step_id: str) -> dic
         raise task.retry(countdown=min(defer_in, engine.settings.max_countdown_s), max_retries=None)
 
     if error is not None:
-        detail["error"] = describe_error(error)
+        detail["error"] = redact_text(describe_error(error))  # shown by status, audit, CLI
         detail["error_type"] = type(error).__name__
-        if is_transient(error) and attempt < (plan_step.retry.max_attempts or 1):
-            retry_in = backoff_s(plan_step.retry, attempt)
+        retryable = should_retry(plan_step.retry, error)
+        if retryable and attempt < (plan_step.retry.max_attempts or 1) \
+                and store.cancel_requested(run_id) is None:
+            retry_in = min(backoff_s(plan_step.retry, attempt), engine.settings.max_countdown_s)
             detail["status"] = StepStatus.RETRYING.value
             detail["retry_in_s"] = round(retry_in, 3)
+            detail["retry_at"] = round(time.time() + retry_in, 6)
             store.set_step_detail(run_id, step_id, detail)
             store.release(run_id, step_id, StepStatus.RETRYING)
             log.warning("run %s step %s attempt %d failed, retrying in %.2fs: %s",
-                        run_id, step_id, attempt, retry_in, detail["error"])
+                        run_id, step_id, attempt, retry_in, redact_text(detail["error"]))
             raise task.retry(countdown=retry_in, max_retries=None)
-        log.error("run %s step %s failed on attempt %d: %s", run_id, step_id, attempt, detail["error"])
-        dispatch.settle(engine, spec, step_id, StepStatus.FAILED, detail)
-        return {"status": "failed"}
+        detail["dead_letter"] = dead_letter(engine, spec, step_id, resolved, error, detail)
+        why = "permanent error" if not retryable else f"gave up after {attempt} attempt(s)"
+        log.error("run %s step %s dead-lettered (%s) on attempt %d: %s", run_id, step_id, why,
+                  attempt, redact_text(detail["error"]))
+        dispatch.settle(engine, spec, step_id, StepStatus.DEAD_LETTERED, detail)
+        return {"status": StepStatus.DEAD_LETTERED.value}
 
     detail.pop("error", None)
     detail.pop("error_type", None)
@@ -207,10 +271,14 @@ def register_connector_tasks(app: Celery, actions: dict[str, Connector]) -> None
         def run(self: Task, *args: Any, _connector: Connector = connector, **kwargs: Any) -> Any:
             if len(args) == 2 and not kwargs and all(isinstance(a, str) for a in args):
                 return run_step(self, _connector, args[0], args[1])
-            if args:
-                raise PermanentError(
-                    f"{self.name} takes (run_id, step_id) in a flow, or keyword inputs on its own"
-                )
+            if args:  # a poison message: no retry can fix it; keep it for an operator
+                reason = f"{self.name} takes (run_id, step_id) in a flow, or keyword inputs on its own"
+                queue = (self.request.delivery_info or {}).get("routing_key")
+                entry = engine_for(self.app).dlq.add_poison(
+                    queue=queue, reason=f"wrong arguments: {reason}", body={"args": args, "kwargs": kwargs})
+                log.error("poison message on %s: wrong arguments for %s (dead letter %s)",
+                          queue, self.name, entry)
+                return {"status": "poison", "dead_letter": entry}
             return run_standalone(self, _connector, kwargs)
 
         run.__doc__ = type(connector).__doc__

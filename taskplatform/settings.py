@@ -30,6 +30,18 @@ class Settings(BaseSettings):
         defaults.VISIBILITY_TIMEOUT_S,
         validation_alias=AliasChoices("TASKPLATFORM_VISIBILITY_TIMEOUT_S", "visibility_timeout_s"),
     )
+    lease_ttl_s: float = Field(
+        defaults.LEASE_TTL_S, gt=0.5,
+        validation_alias=AliasChoices("TASKPLATFORM_LEASE_TTL_S", "lease_ttl_s"),
+    )
+    recovery_interval_s: float = Field(
+        defaults.RECOVERY_INTERVAL_S, gt=0,
+        validation_alias=AliasChoices("TASKPLATFORM_RECOVERY_INTERVAL_S", "recovery_interval_s"),
+    )
+    recovery_stale_after_s: float = Field(
+        defaults.RECOVERY_STALE_AFTER_S, ge=0,
+        validation_alias=AliasChoices("TASKPLATFORM_RECOVERY_STALE_AFTER_S", "recovery_stale_after_s"),
+    )
     embedded_concurrency: int = Field(
         8, validation_alias=AliasChoices("TASKPLATFORM_EMBEDDED_CONCURRENCY", "embedded_concurrency")
     )

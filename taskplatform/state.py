@@ -63,9 +63,10 @@ FAILED_STEP_STATUSES = frozenset({"failed", "dead_lettered", "upstream_failed", 
 _FINAL_LUA = "{" + ", ".join(f"{s}=1" for s in sorted(FINAL_STEP_STATUSES)) + "}"
 
 # KEYS: status key, run state hash. ARGV: token, lease_ms, now.
-# Returns {"claimed"} | {"done", status} | {"busy", pttl_ms}.
+# Returns {"claimed"} | {"done", status} | {"busy", pttl_ms} | {"lost"} (no run state: Redis lost it).
 CLAIM_LUA = f"""
 local final = {_FINAL_LUA}
+if redis.call('EXISTS', KEYS[2]) == 0 then return {{'lost'}} end
 local cur = redis.call('GET', KEYS[1])
 if cur then
   if final[cur] then return {{'done', cur}} end
@@ -100,16 +101,25 @@ redis.call('EXPIRE', KEYS[4], ARGV[2])
 return out
 """
 
-# KEYS: run state hash, done list. ARGV: ttl_s, then field/value pairs.
+# KEYS: run state hash, done list, active runs. ARGV: ttl_s, run_id, then field/value pairs.
 # Sets the terminal status once; returns 1 the first time, 0 after.
 FINISH_LUA = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == 'succeeded' or st == 'failed' or st == 'canceled' then return 0 end
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('RPUSH', KEYS[2], 'done')
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
+"""
+
+# KEYS: status key. ARGV: token, lease_ms. Extends a lease only while we still hold it.
+RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == 'running:' .. ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
 """
 
 
@@ -121,7 +131,7 @@ def dumps(value: Any) -> str:
 class Claim:
     """Outcome of trying to take a step's lease."""
 
-    outcome: str  # "claimed", "done" or "busy"
+    outcome: str  # "claimed", "done", "busy" or "lost"
     status: str | None = None  # final status when done
     retry_in_s: float = 0.0  # lease left when busy
 
@@ -146,6 +156,7 @@ class RunStore:
         self._claim = client.register_script(CLAIM_LUA)
         self._settle = client.register_script(SETTLE_LUA)
         self._finish = client.register_script(FINISH_LUA)
+        self._renew = client.register_script(RENEW_LUA)
 
     # keys
     def key(self, fmt: str, run_id: str, step_id: str = "") -> str:
@@ -171,6 +182,7 @@ class RunStore:
         pipe.hset(state_key, mapping=fields)
         pipe.expire(state_key, self.ttl_s)
         pipe.zadd(self.key(defaults.KEY_RUN_INDEX, run_id), {run_id: time.time()})
+        pipe.zadd(self.key(defaults.KEY_RUNS_ACTIVE, run_id), {run_id: time.time()})
         pipe.execute()
         return True
 
@@ -233,6 +245,8 @@ class RunStore:
             args=[token, int(lease_s * 1000), f"{time.time():.6f}"],
         )
         outcome = _s(res[0])
+        if outcome == "lost":
+            return Claim("lost")
         if outcome == "done":
             return Claim("done", status=_s(res[1]))
         if outcome == "busy":
@@ -272,14 +286,86 @@ class RunStore:
 
     def finish(self, run_id: str, fields: dict[str, Any]) -> bool:
         """Set the run's terminal fields once; True only for the caller that did it."""
-        args: list[Any] = [self.ttl_s]
+        args: list[Any] = [self.ttl_s, run_id]
         for k, v in fields.items():
             if v is not None:
                 args += [k, v if isinstance(v, str) else dumps(v)]
         return bool(self._finish(
-            keys=[self.key(defaults.KEY_RUN_STATE, run_id), self.key(defaults.KEY_RUN_DONE, run_id)],
+            keys=[self.key(defaults.KEY_RUN_STATE, run_id), self.key(defaults.KEY_RUN_DONE, run_id),
+                  self.key(defaults.KEY_RUNS_ACTIVE, run_id)],
             args=args,
         ))
+
+    def renew(self, run_id: str, step_id: str, token: str, lease_s: float) -> bool:
+        """Extend our lease on a step; False when it is no longer ours (or already settled)."""
+        return bool(self._renew(keys=[self.status_key(run_id, step_id)],
+                                args=[token, int(lease_s * 1000)]))
+
+    def raw_statuses(self, run_id: str, step_ids: Iterable[str]) -> dict[str, str | None]:
+        """The status keys as stored (``running:<token>`` included; None when absent)."""
+        ids = list(step_ids)
+        values = self.r.mget([self.status_key(run_id, s) for s in ids]) if ids else []
+        return {sid: (_s(v) if v is not None else None) for sid, v in zip(ids, values)}
+
+    def active_runs(self, limit: int = 10_000) -> list[str]:
+        """Runs not yet terminal, oldest first (what recovery looks at)."""
+        key = self.key(defaults.KEY_RUNS_ACTIVE, "")
+        return [_s(x) for x in self.r.zrange(key, 0, limit - 1)]
+
+    def forget_active(self, run_id: str) -> None:
+        self.r.zrem(self.key(defaults.KEY_RUNS_ACTIVE, ""), run_id)
+
+    # cancel
+    def request_cancel(self, run_id: str, reason: str) -> None:
+        self.r.set(self.key(defaults.KEY_RUN_CANCEL, run_id), reason, ex=self.ttl_s)
+
+    def cancel_requested(self, run_id: str) -> str | None:
+        raw = self.r.get(self.key(defaults.KEY_RUN_CANCEL, run_id))
+        return _s(raw) if raw is not None else None
+
+    # recovery marks
+    def recovered_at(self, run_id: str) -> dict[str, float]:
+        data = self.r.hgetall(self.key(defaults.KEY_RUN_RECOVERED, run_id))
+        return {_s(k): float(v) for k, v in data.items()}
+
+    def mark_recovered(self, run_id: str, step_ids: Iterable[str]) -> None:
+        ids = list(step_ids)
+        if not ids:
+            return
+        key = self.key(defaults.KEY_RUN_RECOVERED, run_id)
+        now = f"{time.time():.6f}"
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(key, mapping={s: now for s in ids})
+        pipe.expire(key, self.ttl_s)
+        pipe.execute()
+
+    def reopen(self, run_id: str, steps: dict[str, int], details: dict[str, dict[str, Any]],
+               unsettled: int) -> None:
+        """Make finished (or failed) steps runnable again: ``steps`` maps step -> needs left.
+
+        One transaction: status keys and outputs of ``steps`` go, their needs counters and
+        details are rewritten, the settled counter drops by ``unsettled`` (the steps of
+        ``steps`` that had settled), and the run is ``running`` again.
+        """
+        state_key = self.key(defaults.KEY_RUN_STATE, run_id)
+        rem_key = self.key(defaults.KEY_RUN_REMAINING, run_id)
+        pipe = self.r.pipeline(transaction=True)
+        for sid in steps:
+            pipe.delete(self.status_key(run_id, sid))
+        if steps:
+            pipe.hdel(self.key(defaults.KEY_RUN_OUTPUTS, run_id), *steps)
+            pipe.hdel(self.key(defaults.KEY_RUN_RECOVERED, run_id), *steps)
+            pipe.hset(rem_key, mapping=steps)
+            pipe.expire(rem_key, self.ttl_s)
+            pipe.hset(self.key(defaults.KEY_RUN_STEPS, run_id),
+                      mapping={s: dumps(d) for s, d in details.items()})
+        pipe.decrby(self.key(defaults.KEY_RUN_SETTLED, run_id), unsettled)
+        pipe.hdel(state_key, "error", "failed_step", "finished_at", "outputs")
+        pipe.hset(state_key, mapping={"status": RunStatus.RUNNING.value, "resumed_at": f"{time.time():.6f}"})
+        pipe.expire(state_key, self.ttl_s)
+        pipe.delete(self.key(defaults.KEY_RUN_DONE, run_id), self.key(defaults.KEY_RUN_CANCEL, run_id))
+        pipe.zadd(self.key(defaults.KEY_RUNS_ACTIVE, ""), {run_id: time.time()})
+        pipe.execute()
 
     def wait_done(self, run_id: str, block_s: float) -> bool:
         """Block up to ``block_s`` for the run's done token; non-destructive (BLMOVE to itself)."""

@@ -55,3 +55,23 @@ def not_json() -> object:
 
 def echo(**kwargs: Any) -> dict[str, Any]:
     return kwargs
+
+
+def fail_while(flag_key: str) -> dict[str, Any]:
+    """Fail permanently while the Redis key ``flag_key`` exists (a test opens the gate)."""
+    if _r().exists(flag_key):
+        raise PermanentError(f"gate {flag_key} is closed")
+    return {"passed": True}
+
+
+def ignore_soft_limit(seconds: float) -> dict[str, Any]:
+    """Misbehave: swallow the soft time limit and keep going (only the hard limit stops this)."""
+    from billiard.exceptions import SoftTimeLimitExceeded
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.1)
+        except SoftTimeLimitExceeded:
+            _r().incr("test:soft-limit-ignored")
+    return {"slept": seconds}

@@ -137,7 +137,7 @@ def test_random_dags(e2e_client, dag):
             assert sid not in log
             continue
         if i == fail:
-            assert statuses[sid] == "failed"
+            assert statuses[sid] == "dead_lettered"
             assert log.count(sid) == 1
             continue
         assert statuses[sid] == "succeeded", (sid, statuses)
@@ -174,7 +174,7 @@ def test_cli_run_flow_failure_exit_code(e2e_stack, tmp_path):
     done = _manage(["run-flow", str(bad), "--json"], e2e_stack["env"])
     assert done.returncode == 1
     obj = json.loads(done.stdout)
-    assert obj["status"] == "failed" and obj["steps"]["a"]["status"] == "failed"
+    assert obj["status"] == "failed" and obj["steps"]["a"]["status"] == "dead_lettered"
     assert "exited with 1" in obj["steps"]["a"]["error"]
     assert "Traceback" not in done.stderr
 

@@ -59,7 +59,7 @@ def test_failed_step_marks_exactly_its_downstream(client):
     assert err.value.step == "bad"
     assert "ValueError: boom" in err.value.error
     statuses = {k: v.status for k, v in run.steps().items()}
-    assert statuses == {"a": "succeeded", "bad": "failed", "after_bad": "upstream_failed",
+    assert statuses == {"a": "succeeded", "bad": "dead_lettered", "after_bad": "upstream_failed",
                         "after_after": "upstream_failed", "side": "succeeded", "side2": "succeeded"}
     assert counter(client, "after") == 0 and counter(client, "side2") == 1
     assert run.steps()["bad"].attempts == 1  # a ValueError is permanent: no retry

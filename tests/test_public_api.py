@@ -9,8 +9,9 @@ def test_exported_members():
         "RunStatus", "StepStatus", "BackendError", "ConfigError", "ConnectorError",
         "ConnectorNotFound", "ExpressionError", "FlowError", "FlowFailed", "FlowNotFound",
         "FlowValidationError", "PermanentError", "PlatformError", "RunNotFound", "RunTimeout",
-        "StepTimedOut", "TransientError",
+        "StepTimedOut", "TransientError", "DeadLetterNotFound", "RunLost", "RunStateError",
     }
+    assert callable(taskplatform.Run.cancel) and callable(taskplatform.Run.resume)
     for name in taskplatform.__all__:
         assert getattr(taskplatform, name) is not None
 
@@ -21,6 +22,7 @@ def test_error_tree():
     assert issubclass(e.FlowFailed, e.FlowError) and issubclass(e.FlowError, e.PlatformError)
     assert issubclass(e.StepTimedOut, e.TransientError) and issubclass(e.TransientError, e.ConnectorError)
     assert issubclass(e.BackendError, e.PlatformError)
+    assert issubclass(e.RunLost, e.FlowFailed) and issubclass(e.RunStateError, e.FlowError)
 
 
 def test_statuses_are_the_contract_values():
