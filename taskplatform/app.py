@@ -22,6 +22,9 @@ def create_app(main: str = "taskplatform", *, set_as_current: bool = True) -> Ce
     from taskplatform import runtime  # noqa: PLC0415 - runtime imports engine, which needs no app
 
     runtime.register_connector_tasks(celery_app, default_registry().actions)
+    # Metrics, log context and worker start-up hooks: signal handlers only, nothing runs now.
+    from taskplatform import instrumentation, worker_hooks  # noqa: F401, PLC0415
+
     return celery_app
 
 

@@ -21,7 +21,7 @@ from celery import Celery, Task
 from pydantic import ValidationError
 
 from connectors.base import Connector, Defer, StepContext, reset_current_step, set_current_step
-from taskplatform import defaults, dispatch, expressions
+from taskplatform import defaults, dispatch, expressions, logs
 from taskplatform.compiler import task_name
 from taskplatform.engine import RunSpec, engine_for
 from taskplatform.errors import ExpressionError, PermanentError, StepTimedOut, TransientError
@@ -99,6 +99,7 @@ def run_step(task: Task, connector: Connector, run_id: str, step_id: str) -> dic
     detail = store.step_detail(run_id, step_id)
     waiting = detail.get("status") == StepStatus.WAITING.value
     attempt = int(detail.get("attempts", 0)) + (0 if waiting else 1)
+    logs.set_attempt(attempt)
     now = time.time()
     detail.update(
         status=StepStatus.RUNNING.value,
