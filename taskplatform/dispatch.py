@@ -32,7 +32,7 @@ def publish(engine: Engine, spec: RunSpec, step_ids: Iterable[str]) -> None:
             sig = spec.plan.steps[sid].signature(spec.run_id)
             # What Flower and the logs show for the message: readable, ids only, no data.
             app.send_task(sig.task, args=sig.args, producer=producer,
-                          argsrepr=f"flow={spec.flow.name} run={spec.run_id} step={sid}",
+                          argsrepr=f"flow={spec.flow.name} step={sid} run={spec.run_id}",
                           kwargsrepr="{}", **sig.options)
 
 

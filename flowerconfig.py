@@ -1,0 +1,31 @@
+"""Flower settings, read by ``celery -A taskplatform flower`` from the working directory.
+
+Flow steps carry only ids (their ``args`` read ``flow=NAME run=ID step=STEP``); a standalone
+action call carries its inputs as keyword arguments, which may hold credentials, so Flower's
+pages show their keys only. Authentication is not set here: pass ``--basic-auth`` (or OAuth)
+on the command line or ``FLOWER_BASIC_AUTH`` in the environment.
+"""
+
+import ast
+
+tasks_columns = "name,uuid,state,args,received,runtime,worker"
+
+
+def _keys_only(kwargs_repr):
+    if not kwargs_repr or kwargs_repr in ("{}", "None"):
+        return kwargs_repr
+    try:
+        value = ast.literal_eval(kwargs_repr)
+    except (ValueError, SyntaxError):
+        return "{...}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: ..." for k in value) + "}"
+    return "{...}"
+
+
+def format_task(task):
+    """Called by Flower's views with a task (or a (uuid, task) pair) copy before display."""
+    target = task[1] if isinstance(task, tuple) else task
+    if getattr(target, "name", "") and str(target.name).startswith("connectors."):
+        target.kwargs = _keys_only(getattr(target, "kwargs", None))
+    return task
