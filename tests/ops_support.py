@@ -146,7 +146,8 @@ def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     return out
 
 
-def total(parsed: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    """Sum of the samples called ``name`` whose labels include ``labels``."""
+def total(parsed: dict[tuple[str, frozenset[tuple[str, str]]], float], sample: str, /,
+          **labels: str) -> float:
+    """Sum of the samples called ``sample`` whose labels include ``labels``."""
     want = set(labels.items())
-    return sum(v for (n, lbl), v in parsed.items() if n == name and want <= set(lbl))
+    return sum(v for (n, lbl), v in parsed.items() if n == sample and want <= set(lbl))
