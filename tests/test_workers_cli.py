@@ -54,7 +54,8 @@ def test_workers_lists_queues_active_tasks_heartbeats_and_depths():
             by_name = {w["name"].split("@")[0]: w for w in info["workers"]}
             assert set(by_name) == {"wio", "wcpu"}
             assert by_name["wio"]["queues"] == ["io"] and by_name["wcpu"]["queues"] == ["cpu", "plan"]
-            assert by_name["wio"]["pool"] == "thread" and by_name["wcpu"]["pool"] == "prefork" and by_name["wio"]["concurrency"] == 2
+            assert by_name["wio"]["pool"] == "thread" and by_name["wcpu"]["pool"] == "prefork"
+            assert by_name["wio"]["concurrency"] == 2
             assert [t["name"] for t in by_name["wio"]["active"]] == ["connectors.python.call"]
             assert by_name["wcpu"]["active"] == []
             for w in by_name.values():
