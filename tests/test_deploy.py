@@ -21,7 +21,8 @@ PROM = ROOT / "deploy" / "prometheus"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "taskplatform.json"
 DESIGN_METRICS = {
     "executor_task_duration_seconds", "executor_task_success_count_total",
-    "executor_task_failure_count_total", "executor_task_retry_count_total", "executor_task_dead_letter_count_total", "executor_active_tasks",
+    "executor_task_failure_count_total", "executor_task_retry_count_total",
+    "executor_task_dead_letter_count_total", "executor_active_tasks",
     "executor_connector_load_seconds", "orchestrator_flow_runs_processed_total",
     "orchestrator_run_execution_seconds", "orchestrator_active_runs", "orchestrator_tasks_scheduled_total",
     "orchestrator_tasks_completed_total",
