@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -87,8 +88,14 @@ def main(verbose: int) -> None:
       python manage.py flows graph diamond
       python manage.py status 3f2a...
     """
+    from taskplatform.logs import configure_logging  # noqa: PLC0415
+
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # Readable text here (steps of the embedded worker log with their run and step), secrets
+    # masked; JSON lines when TASKPLATFORM_LOG_FORMAT=json asks for them.
+    log_format = "json" if os.environ.get("TASKPLATFORM_LOG_FORMAT") == "json" else "text"
+    if not logging.getLogger().handlers:  # like basicConfig: leave a configured process alone
+        configure_logging(log_format=log_format, level=level)
 
 
 # --- run-flow ---------------------------------------------------------------------------------
