@@ -137,12 +137,56 @@ def registry_for_serving(extra_collectors: tuple[Any, ...] = ()) -> Any:
     metrics()  # so the metrics exist (and are listed) even before the first step
     if multiprocess_enabled():
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=os.environ[ENV_MULTIPROC_DIR])
+        path = os.environ[ENV_MULTIPROC_DIR]
+        registry.register(_PruneDeadProcesses(path))  # runs before the files are read
+        MultiProcessCollector(registry, path=path)
     else:
         registry = REGISTRY
     for collector in extra_collectors:
         registry.register(collector)
     return registry
+
+
+def prune_dead_processes(path: str | Path) -> list[int]:
+    """Drop the live gauges of processes that died without saying so (a SIGKILLed pool child).
+
+    ``worker_process_shutdown`` marks a child dead when it exits cleanly; a killed one leaves
+    its ``gauge_live*_<pid>.db`` behind and ``executor_active_tasks`` would count its tasks
+    forever. Returns the pids dropped.
+    """
+    from prometheus_client import multiprocess  # noqa: PLC0415
+
+    dropped = []
+    for file in Path(path).glob("gauge_live*_*.db"):
+        try:
+            pid = int(file.stem.rsplit("_", 1)[1])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            multiprocess.mark_process_dead(pid, str(path))
+            dropped.append(pid)
+    return dropped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _PruneDeadProcesses:
+    """A collector that yields nothing: it prunes dead processes' live gauges at each scrape."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def collect(self) -> Any:
+        prune_dead_processes(self.path)
+        return iter(())
 
 
 def mark_process_dead(pid: int) -> None:

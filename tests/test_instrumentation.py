@@ -51,3 +51,35 @@ def test_dead_lettered_and_canceled_steps_map_to_their_counters(client):
                   status="canceled") == before["completed_cx"] + 1
     assert _value("orchestrator_flow_runs_resumed_total", flow="diamond") == before["resumed"] + 1
     assert _value("taskplatform_metrics_hook_errors_total", hook="step_settled") == 0
+
+
+def test_live_gauges_of_a_killed_process_are_dropped_at_scrape(tmp_path):
+    """A process that dies without marking itself dead (SIGKILL) leaves its live gauge file."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from prometheus_client import Gauge, Counter\n"
+        "Gauge('executor_active_tasks', 'x', ['handler', 'queue'], multiprocess_mode='livesum')"
+        ".labels(handler='h', queue='q').inc()\n"
+        "Counter('executor_task_success_count', 'x', ['handler']).labels(handler='h').inc()\n"
+        "import os; os.kill(os.getpid(), 9)\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, timeout=30)
+    assert done.returncode == -9
+    assert list(tmp_path.glob("gauge_livesum_*.db"))
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from taskplatform.metrics import _PruneDeadProcesses
+
+    registry = CollectorRegistry()
+    registry.register(_PruneDeadProcesses(str(tmp_path)))
+    MultiProcessCollector(registry, path=str(tmp_path))
+    text = generate_latest(registry).decode()
+    assert 'executor_task_success_count_total{handler="h"} 1.0' in text  # counters stay summed in
+    assert 'executor_active_tasks{handler="h",queue="q"}' not in text  # the dead one's gauge is gone
+    assert not list(tmp_path.glob("gauge_livesum_*.db"))
