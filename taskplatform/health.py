@@ -43,10 +43,11 @@ _lock = threading.Lock()
 _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="taskplatform-health")
 
 
-def register(name: str, check: Check) -> None:
-    """Add or replace the check called ``name``."""
+def register(name: str, check: Check, *, replace: bool = True) -> None:
+    """Add the check called ``name``; with ``replace=False`` keep one registered before."""
     with _lock:
-        _checks[name] = check
+        if replace or name not in _checks:
+            _checks[name] = check
 
 
 def unregister(name: str) -> None:

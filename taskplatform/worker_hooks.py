@@ -83,7 +83,8 @@ def register_health_checks(settings: Any) -> None:
     """broker (Redis PING), database (SELECT 1, or not configured) and worker (consuming)."""
     if settings.redis_url:
         health.register("broker", health.redis_check(settings.redis_url))
-    health.register("database", health.database_check(settings.database_url))
+    # A database check registered by the audit (on its own engine) wins over this generic one.
+    health.register("database", health.database_check(settings.database_url), replace=False)
     health.register("worker", worker_check)
 
 

@@ -54,6 +54,8 @@ def test_checks_registry_statuses_and_timeouts():
         def raises() -> CheckResult:
             raise ConnectionError("refused")
 
+        health.register("fine", raises, replace=False)  # keeps the first one
+        assert health.run_checks()[0]
         health.register("broken", raises)
         healthy, body = health.run_checks()
         assert not healthy and body["checks"]["broken"]["status"] == FAILING
