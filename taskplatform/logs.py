@@ -28,8 +28,12 @@ _step: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("l
 
 
 def bind_step(**fields: Any) -> contextvars.Token[dict[str, Any] | None]:
-    """Attach ``fields`` (run_id, step_id, flow, ...) to every log line of this context."""
-    return _step.set({k: v for k, v in fields.items() if v is not None})
+    """Attach ``fields`` (run_id, step_id, flow, ...) to every log line of this context.
+
+    Every one of :data:`CONTEXT_FIELDS` is present on a step's lines (null when unknown, such
+    as a run without tenant), so log queries can rely on the keys.
+    """
+    return _step.set({**dict.fromkeys(CONTEXT_FIELDS), **fields})
 
 
 def unbind_step(token: contextvars.Token[dict[str, Any] | None]) -> None:
@@ -93,7 +97,8 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = current_fields()
         if fields:
-            parts = [f"{k}={fields[k]}" for k in ("flow", "run_id", "step_id", "attempt") if k in fields]
+            parts = [f"{k}={fields[k]}" for k in ("flow", "run_id", "step_id", "attempt")
+                     if fields.get(k) is not None]
             record.step = f" [{' '.join(parts)}]"
         else:
             record.step = ""

@@ -77,6 +77,8 @@ def test_failed_step_lines_carry_ids_and_no_secret_anywhere():
         assert entry["attempt"] == 1
     failure = [e for e in step_lines if e["level"] == "ERROR"]
     assert any("failed on attempt 1" in e["message"] for e in failure)
+    for entry in (e for e in lines if e.get("run_id")):
+        assert set(logs.CONTEXT_FIELDS) <= set(entry), entry
     prepare = [e for e in lines if e.get("step_id") == "prepare" and "chatty line" in e["message"]]
     assert len(prepare) == 2 and all(e["run_id"] == run.run_id for e in prepare)
     celery_error = [e for e in lines if "raised unexpected" in e.get("message", "")]
