@@ -3,7 +3,8 @@
 Flow steps carry only ids (their ``args`` read ``flow=NAME run=ID step=STEP``); a standalone
 action call carries its inputs as keyword arguments, which may hold credentials, so Flower's
 pages show their keys only. Authentication is not set here: pass ``--basic-auth`` (or OAuth)
-on the command line or ``FLOWER_BASIC_AUTH`` in the environment.
+on the command line or ``FLOWER_BASIC_AUTH`` in the environment. Flower's JSON API (behind
+the same auth) returns tasks unformatted.
 """
 
 import ast
@@ -24,8 +25,17 @@ def _keys_only(kwargs_repr):
 
 
 def format_task(task):
-    """Called by Flower's views with a task (or a (uuid, task) pair) copy before display."""
+    """Called by Flower's views with a task (or a (uuid, task) pair) copy before display.
+
+    A standalone action call (keyword inputs, no flow) shows its input keys only and hides its
+    result, which is the action's output; a step's result is just ``{'status': ...}``.
+    """
     target = task[1] if isinstance(task, tuple) else task
-    if getattr(target, "name", "") and str(target.name).startswith("connectors."):
-        target.kwargs = _keys_only(getattr(target, "kwargs", None))
+    if not str(getattr(target, "name", "") or "").startswith("connectors."):
+        return task
+    kwargs = getattr(target, "kwargs", None)
+    if kwargs and kwargs not in ("{}", "None"):
+        target.kwargs = _keys_only(kwargs)
+        if getattr(target, "result", None) not in (None, "None"):
+            target.result = "(output hidden)"
     return task

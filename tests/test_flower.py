@@ -8,6 +8,7 @@ downloaded browser) and keeps screenshots in test-artifacts/.
 from __future__ import annotations
 
 import base64
+import html
 import json
 import os
 import socket
@@ -23,6 +24,7 @@ from tests.ops_support import ARTIFACTS, free_port, http_get, need_binary, ops_w
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
 USER, PASSWORD = "admin", "flower-test-pw"
+SECRET = "sk-live-4242-flower"
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -85,6 +87,10 @@ def test_flower_shows_worker_and_flow_tasks(tmp_path):
                 return len(mine) == 4 and all(t["state"] == "SUCCESS" for t in mine) and mine
 
             mine = wait_until(flow_tasks, timeout_s=30, what="Flower to see the run's 4 tasks")
+            # A standalone call carries its inputs as kwargs: Flower's pages show their keys only.
+            standalone = app.send_task("connectors.transform.set",
+                                       kwargs={"values": {"api_key": SECRET}})
+            standalone.get(timeout=30)
             assert {t["name"] for t in mine} == {"connectors.transform.set", "connectors.python.call"}
             assert all(t["args"].startswith("flow=diamond step=") for t in mine)
 
@@ -104,6 +110,14 @@ def test_flower_shows_worker_and_flow_tasks(tmp_path):
             page = driver.page_source
             assert "connectors.python.call" in page and "step=double" in page and "step=join" in page
             driver.save_screenshot(str(ARTIFACTS / "flower-tasks.png"))
+            assert SECRET not in page
+
+            driver.get(f"{base}/task/{standalone.id}")
+            wait_until(lambda: "connectors.transform.set" in driver.page_source, timeout_s=30,
+                       what="the task page of the standalone call")
+            assert "'values': ..." in html.unescape(driver.page_source)
+            assert SECRET not in driver.page_source
+            driver.save_screenshot(str(ARTIFACTS / "flower-task-standalone.png"))
     finally:
         if driver is not None:
             driver.quit()
