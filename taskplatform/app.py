@@ -25,6 +25,10 @@ def create_app(main: str = "taskplatform", *, set_as_current: bool = True) -> Ce
     from taskplatform import recovery  # noqa: PLC0415
 
     recovery.register_tasks(celery_app)
+
+    # Metrics, log context and worker start-up hooks: signal handlers only, nothing runs now.
+    from taskplatform import instrumentation, worker_hooks  # noqa: F401, PLC0415
+
     return celery_app
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -89,8 +90,14 @@ def main(verbose: int) -> None:
       python manage.py dlq list
       python manage.py resume 3f2a...
     """
+    from taskplatform.logs import configure_logging  # noqa: PLC0415
+
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # Readable text here (steps of the embedded worker log with their run and step), secrets
+    # masked; JSON lines when TASKPLATFORM_LOG_FORMAT=json asks for them.
+    log_format = "json" if os.environ.get("TASKPLATFORM_LOG_FORMAT") == "json" else "text"
+    if not logging.getLogger().handlers:  # like basicConfig: leave a configured process alone
+        configure_logging(log_format=log_format, level=level)
 
 
 # --- run-flow ---------------------------------------------------------------------------------
@@ -432,6 +439,51 @@ def dlq_purge(flow: str | None, yes: bool) -> None:
 
 
 # --- flows ------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: workers and queues.")
+@click.option("--timeout", type=float, default=1.0, show_default=True, metavar="S",
+              help="How long to wait for workers to answer.")
+@click.option("--listen", type=float, default=None, metavar="S",
+              help="How long to listen for heartbeats (0: skip).")
+def workers(as_json: bool, timeout: float, listen: float | None) -> None:
+    """Workers that are up: their queues, active tasks, last heartbeat; and queue depths.
+
+    \b
+    Example:
+      REDIS_URL=redis://127.0.0.1:6379/0 python manage.py workers
+    """
+    from taskplatform import defaults  # noqa: PLC0415
+    from taskplatform.settings import load_settings  # noqa: PLC0415
+    from taskplatform.workers import snapshot  # noqa: PLC0415
+
+    if load_settings().embedded:
+        _fail("REDIS_URL is not set: there are no workers to look at", RET_BACKEND)
+    with _errors(), _client() as client:
+        engine = client.engine
+        info = snapshot(client.app, engine.redis, prefix=engine.settings.key_prefix, timeout_s=timeout,
+                        listen_s=defaults.HEARTBEAT_LISTEN_S if listen is None else listen)
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    _print_workers(info)
+
+
+def _print_workers(info: dict[str, Any]) -> None:
+    rows = info["workers"]
+    if not rows:
+        click.echo("no worker answered")
+    else:
+        click.echo(f"{'WORKER':<28} {'QUEUES':<14} {'POOL':<14} {'ACTIVE':>6} {'DONE':>7}  HEARTBEAT")
+        for w in rows:
+            beat = "-" if w["last_heartbeat_s_ago"] is None else f"{w['last_heartbeat_s_ago']:.1f}s ago"
+            pool = f"{w['pool'] or '?'}/{w['concurrency'] or '?'}"
+            click.echo(f"{w['name']:<28} {','.join(w['queues']):<14} {pool:<14} "
+                       f"{len(w['active']):>6} {w['processed'] or 0:>7}  {beat}")
+            for t in w["active"]:
+                click.echo(f"    running {t['name']} {t['args']}")
+    click.echo("queues: " + "  ".join(f"{q}={n}" for q, n in info["queues"].items()))
 
 
 @main.group()

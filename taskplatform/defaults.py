@@ -59,3 +59,10 @@ POISON_BODY_CHARS = 2000
 # Client.
 WAIT_POLL_S = 1.0  # longest single block while waiting for a run to finish
 WAIT_REDIS_OUTAGE_S = 60.0  # wait() rides out a Redis restart this long before raising BackendError
+
+# Observability.
+METRICS_PORT = 9091  # worker main process: /metrics and /health (0: not served)
+METRICS_HOST = "0.0.0.0"  # noqa: S104 - containers are scraped from outside
+HEALTH_CHECK_TIMEOUT_S = 2.0  # each /health check gives up after this
+ACTIVE_RUNS_SCAN = 1000  # orchestrator_active_runs looks at this many most recent runs
+HEARTBEAT_LISTEN_S = 2.5  # `manage.py workers` listens this long for worker heartbeats

@@ -30,7 +30,10 @@ def publish(engine: Engine, spec: RunSpec, step_ids: Iterable[str]) -> None:
     with app.producer_or_acquire() as producer:
         for sid in ids:
             sig = spec.plan.steps[sid].signature(spec.run_id)
-            app.send_task(sig.task, args=sig.args, producer=producer, **sig.options)
+            # What Flower and the logs show for the message: readable, ids only, no data.
+            app.send_task(sig.task, args=sig.args, producer=producer,
+                          argsrepr=f"flow={spec.flow.name} step={sid} run={spec.run_id}",
+                          kwargsrepr="{}", **sig.options)
 
 
 def settle(engine: Engine, spec: RunSpec, step_id: str, status: StepStatus,

@@ -22,7 +22,7 @@ from celery import Celery, Task
 from pydantic import ValidationError
 
 from connectors.base import Connector, Defer, StepContext, reset_current_step, set_current_step
-from taskplatform import defaults, dispatch, expressions, lease
+from taskplatform import defaults, dispatch, expressions, lease, logs
 from taskplatform.compiler import task_name
 from taskplatform.engine import Engine, RunSpec, engine_for
 from taskplatform.secrets import redact_text
@@ -144,6 +144,7 @@ def _run_claimed(task: Task, engine: Engine, spec: RunSpec, connector: Connector
     waiting = detail.get("status") == StepStatus.WAITING.value
     lost = detail.get("status") == StepStatus.RUNNING.value  # the last attempt's process died
     attempt = int(detail.get("attempts", 0)) + (0 if waiting else 1)
+    logs.set_attempt(attempt)
     now = time.time()
     detail.update(
         status=StepStatus.RUNNING.value,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +45,20 @@ class Settings(BaseSettings):
     )
     embedded_concurrency: int = Field(
         8, validation_alias=AliasChoices("TASKPLATFORM_EMBEDDED_CONCURRENCY", "embedded_concurrency")
+    )
+    # Observability (worker main process): /metrics and /health, log format.
+    metrics_port: int = Field(
+        defaults.METRICS_PORT, ge=0, le=65535,
+        validation_alias=AliasChoices("EXECUTOR_METRICS_PORT", "metrics_port"),
+    )
+    metrics_host: str = Field(
+        defaults.METRICS_HOST, validation_alias=AliasChoices("EXECUTOR_METRICS_HOST", "metrics_host")
+    )
+    metrics_dir: Path | None = Field(
+        None, validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "metrics_dir")
+    )
+    log_format: Literal["json", "text"] = Field(
+        "json", validation_alias=AliasChoices("TASKPLATFORM_LOG_FORMAT", "log_format")
     )
 
     @property

@@ -67,7 +67,7 @@ def e2e_stack() -> Iterator[dict]:
 
     server = RedisServer().start()
     env = {**os.environ, "REDIS_URL": server.url, "TASKPLATFORM_TEST_REDIS": server.url,
-           "PYTHONPATH": str(ROOT)}
+           "PYTHONPATH": str(ROOT), "EXECUTOR_METRICS_PORT": "0"}
     logdir = ROOT / "test-artifacts"
     logdir.mkdir(exist_ok=True)
     log = open(logdir / "e2e-worker.log", "ab")  # noqa: SIM115

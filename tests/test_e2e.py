@@ -186,18 +186,20 @@ def test_cli_no_wait_then_status(e2e_stack):
     assert obj["status"] in ("pending", "running", "succeeded")
 
 
-def _redis_servers() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "taskplatform-redis-"], capture_output=True, text=True)
+def _redis_servers(marker: str) -> set[int]:
+    out = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True)
     return {int(p) for p in out.stdout.split()}
 
 
-def test_cli_embedded_default_leaves_nothing_behind():
+def test_cli_embedded_default_leaves_nothing_behind(tmp_path):
+    # The embedded redis-server lives in a temp folder under TMPDIR: a private TMPDIR tells ours
+    # apart from those of anything else running on the machine.
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-    before = _redis_servers()
+    env["TMPDIR"] = str(tmp_path)
     done = _manage(["run-flow", "flows/examples/hello.yaml", "--input", "who=ci", "--json"], env)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["outputs"] == {"message": "hello, ci!"}
-    assert _redis_servers() <= before  # the embedded redis-server is gone
+    assert not _redis_servers(f"{tmp_path}/taskplatform-redis-")  # the embedded redis-server is gone
 
 
 def test_submit_flow_api_in_another_process(e2e_stack):
