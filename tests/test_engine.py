@@ -132,7 +132,11 @@ def test_redelivered_message_does_not_repeat_the_side_effect(client):
 def test_concurrent_duplicate_is_turned_away_by_the_lease(client):
     f = flow("lease", {"slow": call("slow_count", kwargs={"key": "lease", "seconds": 0.5})})
     run = client.submit(f)
-    dup = _redeliver(client, run.run_id, "slow")  # a second copy while the first runs
+    deadline = time.monotonic() + 30
+    while run.steps()["slow"].status != "running":  # the first copy holds the lease...
+        assert time.monotonic() < deadline, "the step never started"
+        time.sleep(0.01)
+    dup = _redeliver(client, run.run_id, "slow")  # ...when a second copy arrives
     run.wait(timeout=30)
     assert dup.get(timeout=30) == {"status": "succeeded", "duplicate": True}
     assert counter(client, "lease") == 1
