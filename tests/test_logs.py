@@ -76,7 +76,7 @@ def test_failed_step_lines_carry_ids_and_no_secret_anywhere():
         assert entry["tenant_id"] == "acme" and entry["correlation_id"] == "req-42"
         assert entry["attempt"] == 1
     failure = [e for e in step_lines if e["level"] == "ERROR"]
-    assert any("failed on attempt 1" in e["message"] for e in failure)
+    assert any("dead-lettered" in e["message"] and "on attempt 1" in e["message"] for e in failure)
     for entry in (e for e in lines if e.get("run_id")):
         assert set(logs.CONTEXT_FIELDS) <= set(entry), entry
     prepare = [e for e in lines if e.get("step_id") == "prepare" and "chatty line" in e["message"]]

@@ -72,7 +72,7 @@ def _run_examples(client, orders_url: str, tag: str) -> list:
 
 def _expected(client, runs) -> dict[str, Counter]:
     exp: dict[str, Counter] = {k: Counter() for k in
-                               ("success", "failure", "retry", "completed", "scheduled", "runs")}
+                               ("success", "failure", "dead", "retry", "completed", "scheduled", "runs")}
     for run in runs:
         state = client.engine.store.run_state(run.run_id)
         flow = client.engine.run_spec(run.run_id).flow
@@ -86,8 +86,10 @@ def _expected(client, runs) -> dict[str, Counter]:
                 exp["scheduled"][handler] += 1
             if status == "succeeded":
                 exp["success"][handler] += 1
-            if status == "failed":
+            if status in ("failed", "dead_lettered"):
                 exp["failure"][(handler, d["error_type"])] += 1
+            if status == "dead_lettered":
+                exp["dead"][(handler, d["error_type"])] += 1
             if status == "succeeded" and int(d.get("attempts", 1)) > 1:
                 exp["retry"][handler] += int(d["attempts"]) - 1
     return exp
@@ -140,7 +142,10 @@ def test_metrics_count_every_step_in_every_pool_process(pool, orders, tmp_path):
         assert total(parsed, "orchestrator_flow_runs_processed_total", flow=flow, status=status) == n
         assert total(parsed, "orchestrator_run_execution_seconds_count", flow=flow, status=status) == n
     assert total(parsed, "executor_active_tasks") == 0
-    assert total(parsed, "executor_task_dead_letter_count_total") == 0
+    for (handler, error_type), n in exp["dead"].items():
+        assert total(parsed, "executor_task_dead_letter_count_total", handler=handler,
+                     error_type=error_type) == n, (handler, error_type)
+    assert total(parsed, "executor_task_dead_letter_count_total") == sum(exp["dead"].values())
     assert total(parsed, "executor_connector_load_seconds", connector="connectors.http") > 0
     # Labels are bounded: no run ids anywhere in the exposition.
     assert not any(run.run_id in text for run in runs)
