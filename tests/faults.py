@@ -6,7 +6,6 @@ a free port. Worker processes start in their own session so a test can kill -9 t
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,27 +13,15 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+
+from tests.localhttp import JSONHandler, LocalHTTPServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: CountingServer._HTTPServer  # type: ignore[name-defined]
-
-    def log_message(self, *args):  # quiet
-        pass
-
-    def _send(self, status: int, payload) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
+class _Handler(JSONHandler):
     def do_GET(self):  # noqa: N802
         self._handle()
 
@@ -56,32 +43,20 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, payload)
 
 
-class CountingServer:
+class CountingServer(LocalHTTPServer):
     """Counts hits per key and applies each Idempotency-Key's effect once.
 
     ``/hit``: 200 (a side effect). ``/flaky?fail=N&status=S``: S for the first N hits of a key,
     then 200. ``/perm``: 400 until :attr:`fixed`, then 200. ``delay_s`` holds the answer.
     """
 
-    class _HTTPServer(ThreadingHTTPServer):
-        daemon_threads = True
-
-        def handle_error(self, request, client_address):  # a killed worker hangs up: expected
-            pass
-
     def __init__(self) -> None:
-        self.httpd = self._HTTPServer(("127.0.0.1", 0), _Handler)
-        self.httpd.owner = self  # type: ignore[attr-defined]
+        super().__init__(_Handler)
         self.lock = threading.Lock()
         self.hits: Counter[str] = Counter()
         self.hit_times: dict[str, list[float]] = defaultdict(list)
         self.effects: Counter[str] = Counter()  # applied effects per idempotency key
         self.fixed = False
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
     def answer(self, path: str, key: str, q: dict[str, str], idem: str | None) -> tuple[int, dict]:
         with self.lock:
@@ -98,14 +73,6 @@ class CountingServer:
             if idem is not None:
                 self.effects[idem] += 1 if applied else 0
             return 200, {"hit": n, "applied": applied}
-
-    def __enter__(self) -> CountingServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 class Workers:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
+
+from tests.localhttp import JSONHandler, LocalHTTPServer
 
 ORDERS = [
     {"id": 1, "customer": "ada", "region": "eu", "items": [{"sku": "a", "qty": 2, "price": 30}]},
@@ -17,21 +16,11 @@ ORDERS = [
 ]
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):  # quiet
-        pass
-
-    def _send(self, status: int, payload) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
+class _Handler(JSONHandler):
     def do_GET(self):  # noqa: N802
         path = urlsplit(self.path).path.rstrip("/")
-        self.server.hits[path] = self.server.hits.get(path, 0) + 1  # type: ignore[attr-defined]
+        hits = self.server.owner.hits  # type: ignore[attr-defined]
+        hits[path] = hits.get(path, 0) + 1
         if path == "/orders":
             return self._send(200, ORDERS)
         if path.startswith("/orders/"):
@@ -43,20 +32,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self._send(404, {"error": "not found"})
 
 
-class OrdersServer:
+class OrdersServer(LocalHTTPServer):
     def __init__(self) -> None:
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.httpd.hits = {}  # type: ignore[attr-defined]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self) -> OrdersServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(_Handler)
+        self.hits: dict[str, int] = {}
