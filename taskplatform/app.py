@@ -22,6 +22,9 @@ def create_app(main: str = "taskplatform", *, set_as_current: bool = True) -> Ce
     from taskplatform import runtime  # noqa: PLC0415 - runtime imports engine, which needs no app
 
     runtime.register_connector_tasks(celery_app, default_registry().actions)
+    from taskplatform.audit import handlers as audit_handlers  # noqa: PLC0415
+
+    audit_handlers.connect()
     return celery_app
 
 

@@ -42,3 +42,15 @@ RETRY_JITTER = True
 
 # Client.
 WAIT_POLL_S = 1.0  # longest single block while waiting for a run to finish
+
+# Audit (taskplatform.audit).
+KEY_AUDIT_SPOOL = "{prefix}audit:spool"  # list of audit events not yet in the database, in order
+KEY_AUDIT_LOCK = "{prefix}audit:spool:lock"  # one drainer at a time keeps the order
+AUDIT_BATCH_SIZE = 200  # events written per transaction
+AUDIT_DRAIN_IDLE_S = 0.25  # a drainer looks at the spool at least this often
+AUDIT_LOCK_TTL_S = 30  # a drainer that died mid-batch lets go after this
+AUDIT_BACKOFF_MAX_S = 5.0  # longest pause between attempts while the database is down
+AUDIT_MAX_JSON_BYTES = 64 * 1024  # larger input/output data is stored as a truncation marker
+AUDIT_PREVIEW_CHARS = 1024  # what the marker keeps of a truncated value
+AUDIT_SWEEP_INTERVAL_S = 30.0  # how often a worker's drainer sweeps abandoned attempts
+AUDIT_ABANDON_MARGIN_S = 60.0  # a `started` row is abandoned this long after its hard limit

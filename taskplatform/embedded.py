@@ -193,6 +193,9 @@ def embedded_stack(app: Celery, settings: Settings) -> Iterator[Settings]:
             yield local
         finally:
             worker.stop()
+            from taskplatform.audit.spool import close_sinks  # noqa: PLC0415
+
+            close_sinks(redis_url=server.url, flush_s=10.0)  # the audit's spool lives in this Redis
     finally:
         close_connections(app)
         server.stop()

@@ -21,7 +21,7 @@ from celery import Celery, Task
 from pydantic import ValidationError
 
 from connectors.base import Connector, Defer, StepContext, reset_current_step, set_current_step
-from taskplatform import defaults, dispatch, expressions
+from taskplatform import defaults, dispatch, expressions, secret_source, secrets, signals
 from taskplatform.compiler import task_name
 from taskplatform.engine import RunSpec, engine_for
 from taskplatform.errors import ExpressionError, PermanentError, StepTimedOut, TransientError
@@ -123,11 +123,14 @@ def run_step(task: Task, connector: Connector, run_id: str, step_id: str) -> dic
             detail["reason"] = f"when was false: {step.when}"
             dispatch.settle(engine, spec, step_id, StepStatus.SKIPPED, detail)
             return {"status": "skipped"}
-        resolved = expressions.render(step.with_, context)
+        resolved = expressions.render(step.with_, secret_source.with_secrets(
+            context, step.with_, secrets_file=engine.settings.secrets_file))
         inputs = parse_inputs(connector, resolved, f"steps.{step_id}.with")
+        signals.step_started.send(sender=task, run_id=run_id, step_id=step_id, attempt=attempt,
+                                  detail=detail, inputs=resolved, connector=connector)
         output = execute(connector, inputs)
         try:
-            output_json = dumps(output)
+            output_json = dumps(secrets.redact(output))  # stored outputs never hold a secret
         except (TypeError, ValueError) as exc:
             raise PermanentError(f"output is not JSON-serialisable: {exc}") from None
     except Defer as d:
@@ -138,7 +141,7 @@ def run_step(task: Task, connector: Connector, run_id: str, step_id: str) -> dic
         error = PermanentError(str(exc))
     except Exception as exc:  # noqa: BLE001 - every failure of user code is recorded, not raised
         error = exc
-        detail["traceback"] = traceback.format_exc(limit=20)[-4000:]
+        detail["traceback"] = secrets.redact_text(traceback.format_exc(limit=20))[-4000:]
     finally:
         reset_current_step(ctx_token)
 
@@ -149,7 +152,7 @@ def run_step(task: Task, connector: Connector, run_id: str, step_id: str) -> dic
         raise task.retry(countdown=min(defer_in, engine.settings.max_countdown_s), max_retries=None)
 
     if error is not None:
-        detail["error"] = describe_error(error)
+        detail["error"] = secrets.redact_text(describe_error(error))
         detail["error_type"] = type(error).__name__
         if is_transient(error) and attempt < (plan_step.retry.max_attempts or 1):
             retry_in = backoff_s(plan_step.retry, attempt)

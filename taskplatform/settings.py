@@ -30,6 +30,10 @@ class Settings(BaseSettings):
         defaults.VISIBILITY_TIMEOUT_S,
         validation_alias=AliasChoices("TASKPLATFORM_VISIBILITY_TIMEOUT_S", "visibility_timeout_s"),
     )
+    audit: bool = Field(True, validation_alias=AliasChoices("TASKPLATFORM_AUDIT", "audit"))
+    secrets_file: Path | None = Field(
+        None, validation_alias=AliasChoices("TASKPLATFORM_SECRETS_FILE", "secrets_file")
+    )
     embedded_concurrency: int = Field(
         8, validation_alias=AliasChoices("TASKPLATFORM_EMBEDDED_CONCURRENCY", "embedded_concurrency")
     )

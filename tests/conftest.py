@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +20,43 @@ import pytest
 from taskplatform.embedded import RedisServer, close_connections
 
 ROOT = Path(__file__).resolve().parent.parent
+# The machine's Postgres (CI starts it): each session makes its own database there.
+PG_ADMIN_URL = os.environ.get("TASKPLATFORM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def audit_db_url() -> Iterator[str]:
+    """A private Postgres database for this session, migrated; DATABASE_URL points at it.
+
+    XDG_DATA_HOME moves to a temp folder too, so the embedded default's SQLite audit file of
+    CLI subprocesses never lands in the user's home.
+    """
+    import psycopg
+
+    from taskplatform.audit import db
+
+    name = f"tp_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    url = f"{base}/{name}"
+    saved = {k: os.environ.get(k) for k in ("DATABASE_URL", "XDG_DATA_HOME")}
+    data_home = tempfile.mkdtemp(prefix="taskplatform-xdg-")
+    os.environ["DATABASE_URL"] = url
+    os.environ["XDG_DATA_HOME"] = data_home
+    db.upgrade(db.database_url(url))
+    yield url
+    db.dispose_all()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    import shutil
+
+    shutil.rmtree(data_home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +74,8 @@ def engine_app(redis_server: RedisServer):
     from taskplatform.embedded import InProcessWorker
     from taskplatform.settings import Settings
 
-    configure(app, Settings(redis_url=redis_server.url, flows_dir=ROOT / "flows"))
+    configure(app, Settings(redis_url=redis_server.url, flows_dir=ROOT / "flows",
+                            database_url=os.environ["DATABASE_URL"]))
     worker = InProcessWorker(app, concurrency=8).start()
     yield app
     worker.stop()
@@ -81,7 +121,8 @@ def e2e_stack() -> Iterator[dict]:
         for i in range(1)
     ]
     app = create_app("taskplatform-e2e", set_as_current=False)
-    configure(app, Settings(redis_url=server.url, flows_dir=ROOT / "flows"))
+    configure(app, Settings(redis_url=server.url, flows_dir=ROOT / "flows",
+                            database_url=os.environ["DATABASE_URL"]))
     _wait_for_workers(app, len(procs))
     yield {"app": app, "server": server, "procs": procs, "env": env}
     for p in procs:

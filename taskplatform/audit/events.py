@@ -1,0 +1,166 @@
+"""Audit events (plain JSON dicts, as spooled) and how each is applied to the database.
+
+Every apply is an idempotent upsert, so a redelivered message, a replayed spool batch or a
+second drainer never makes a duplicate row:
+
+- ``attempt``: one row per (run, step, attempt, Celery task id). A final status (succeeded,
+  failed, dead_lettered, revoked, skipped, ...) overwrites anything; ``started`` and
+  ``retrying`` never overwrite a final one. Columns the event leaves empty keep their value.
+  A new attempt closes earlier attempts of the step still ``started`` (their worker was lost).
+- ``run_submitted`` inserts the flow row ``running`` (or fills in a row a late event made).
+- ``run_finished`` sets the terminal status, outputs, error and completed_at.
+- ``run_resumed`` puts a finished row back to ``running`` unless it finished again later.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Connection, and_, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from taskplatform import defaults
+from taskplatform.audit.models import flow_run_history as runs
+from taskplatform.audit.models import task_execution_audit as attempts
+
+RUNNING = "running"
+STARTED = "started"
+RETRYING = "retrying"
+OPEN_STATUSES = (STARTED, RETRYING)  # an attempt row that a later event may still settle
+WORKER_LOST = "WorkerLost"
+
+ATTEMPT_FIELDS = (
+    "handler", "attempts", "execution_mode", "queue", "worker_id", "tenant_id", "correlation_id",
+    "input_data", "output_data", "output_truncated", "error_message", "error_type",
+    "execution_time_ms",
+)
+
+
+def stamp(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(float(ts), timezone.utc)
+
+
+def bounded(value: Any, limit: int = defaults.AUDIT_MAX_JSON_BYTES) -> tuple[Any, bool]:
+    """``value`` as is, or a marker when its JSON is larger than ``limit`` bytes; and whether cut."""
+    if value is None:
+        return None, False
+    text = json.dumps(value, default=str, separators=(",", ":"))
+    if len(text.encode()) <= limit:
+        return value, False
+    return {"_truncated": True, "size_bytes": len(text.encode()),
+            "preview": text[: defaults.AUDIT_PREVIEW_CHARS]}, True
+
+
+def _insert(conn: Connection, table: Any) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def apply(conn: Connection, event: dict[str, Any]) -> None:
+    """Write one event (see the module docstring for what each kind does)."""
+    kind = event["kind"]
+    if kind == "attempt":
+        _apply_attempt(conn, event)
+    elif kind == "run_submitted":
+        _apply_submitted(conn, event)
+    elif kind == "run_finished":
+        _apply_finished(conn, event)
+    elif kind == "run_resumed":
+        _apply_resumed(conn, event)
+    else:
+        raise ValueError(f"unknown audit event kind {kind!r}")
+
+
+def _apply_attempt(conn: Connection, e: dict[str, Any]) -> None:
+    at = stamp(e["at"])
+    final = e["status"] not in OPEN_STATUSES
+    values = {
+        "run_id": e["run_id"], "step_id": e["step_id"], "attempt": int(e["attempt"]),
+        "task_id": e.get("task_id") or "", "status": e["status"],
+        **{f: e.get(f) for f in ATTEMPT_FIELDS},
+        "created_at": at, "updated_at": at,
+        "completed_at": at if final else None,
+        "expires_at": None if final else stamp(e.get("expires_at")),
+    }
+    values["attempts"] = int(values["attempts"] or e["attempt"])
+    values["output_truncated"] = bool(values["output_truncated"])
+    stmt = _insert(conn, attempts).values(values)
+    x = stmt.excluded
+    keep = {f: _coalesce(x[f], attempts.c[f]) for f in ATTEMPT_FIELDS if f != "output_truncated"}
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["run_id", "step_id", "attempt", "task_id"],
+        set_={**keep, "status": x.status, "output_truncated": x.output_truncated,
+              "updated_at": x.updated_at, "expires_at": x.expires_at,
+              "completed_at": _coalesce(x.completed_at, attempts.c.completed_at)},
+        where=or_(x.status.notin_(OPEN_STATUSES), attempts.c.status.in_(OPEN_STATUSES)),
+    )
+    conn.execute(stmt)
+    if e["status"] == STARTED and int(e["attempt"]) > 1:
+        conn.execute(
+            update(attempts)
+            .where(and_(attempts.c.run_id == e["run_id"], attempts.c.step_id == e["step_id"],
+                        attempts.c.attempt < int(e["attempt"]), attempts.c.status == STARTED))
+            .values(status="failed", error_type=WORKER_LOST, completed_at=at, updated_at=at,
+                    expires_at=None,
+                    error_message=f"no outcome recorded; attempt {e['attempt']} started after it "
+                                  "(its worker was lost)")
+        )
+
+
+def _coalesce(new: Any, old: Any) -> Any:
+    from sqlalchemy import func  # noqa: PLC0415
+
+    return func.coalesce(new, old)
+
+
+def _apply_submitted(conn: Connection, e: dict[str, Any]) -> None:
+    at = stamp(e["at"])
+    values = {
+        "run_id": e["run_id"], "flow_id": e["flow_id"], "tenant_id": e.get("tenant_id"),
+        "user_id": e.get("user_id"), "correlation_id": e.get("correlation_id"),
+        "status": RUNNING, "input_data": e.get("input_data"),
+        "execution_context": e.get("execution_context"), "created_at": at, "updated_at": at,
+    }
+    stmt = _insert(conn, runs).values(values)
+    x = stmt.excluded
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=["run_id"],
+        set_={"flow_id": x.flow_id, "tenant_id": x.tenant_id, "user_id": x.user_id,
+              "correlation_id": x.correlation_id, "input_data": x.input_data,
+              "execution_context": x.execution_context, "created_at": x.created_at},
+    ))
+
+
+def _apply_finished(conn: Connection, e: dict[str, Any]) -> None:
+    at = stamp(e["at"])
+    values = {
+        "run_id": e["run_id"], "flow_id": e.get("flow_id") or "?", "status": e["status"],
+        "output_data": e.get("output_data"), "error_message": e.get("error_message"),
+        "failed_step": e.get("failed_step"), "created_at": at, "updated_at": at, "completed_at": at,
+    }
+    stmt = _insert(conn, runs).values(values)
+    x = stmt.excluded
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=["run_id"],
+        set_={"status": x.status, "output_data": x.output_data, "error_message": x.error_message,
+              "failed_step": x.failed_step, "updated_at": x.updated_at,
+              "completed_at": x.completed_at},
+    ))
+
+
+def _apply_resumed(conn: Connection, e: dict[str, Any]) -> None:
+    at = stamp(e["at"])
+    conn.execute(
+        update(runs)
+        .where(and_(runs.c.run_id == e["run_id"],
+                    or_(runs.c.completed_at.is_(None), runs.c.completed_at <= at)))
+        .values(status=RUNNING, completed_at=None, error_message=None, failed_step=None,
+                updated_at=at)
+    )
+
+
+def now() -> float:
+    return time.time()
