@@ -112,34 +112,38 @@ def _attempt_event(engine: Any, run_id: str, step_id: str, status: str, detail: 
         "kind": "attempt", "at": time.time(), "run_id": run_id, "step_id": step_id,
         "attempt": attempt, "attempts": attempt, "task_id": detail.get("task_id") or "",
         "status": status, "handler": step.uses if step is not None else None,
-        "execution_mode": _mode(engine, step), "queue": detail.get("queue") or
-        (plan_step.queue if plan_step is not None and hasattr(plan_step, "queue") else None),
+        "execution_mode": _mode(engine, step, plan_step),
+        "queue": detail.get("queue") or (plan_step.queue if plan_step is not None else None),
         "worker_id": detail.get("worker"), "tenant_id": run.get("tenant_id"),
         "correlation_id": run.get("correlation_id"),
         "error_message": secrets.redact_text(detail["error"]) if detail.get("error") else
         (detail.get("reason") if status not in EXECUTED | {STARTED} else None),
         "error_type": detail.get("error_type"), "execution_time_ms": took_ms,
     }
+    if status == STARTED:  # the detail still holds the previous attempt's error
+        event.update(error_message=None, error_type=None)
     if plan_step is not None and status == STARTED:
         event["expires_at"] = time.time() + plan_step.time_limit_s + defaults.AUDIT_ABANDON_MARGIN_S
     event.update(extra)
     return event
 
 
-def _mode(engine: Any, step: Any) -> str | None:
+def _mode(engine: Any, step: Any, plan_step: Any) -> str | None:
     if step is None:
         return None
     try:
         connector = engine.registry.get(step.uses)
     except Exception:  # noqa: BLE001 - an unknown action still gets its row
         return None
-    return _connector_mode(connector)
+    return _connector_mode(connector, plan_step)
 
 
-def _connector_mode(connector: Any) -> str:
-    if connector.is_async():
-        return "async"
-    return "cpu" if connector.is_cpu_intensive() else "sync"
+def _connector_mode(connector: Any, plan_step: Any = None) -> str:
+    """sync, async or cpu: the connector's mode; a step sent to the cpu queue runs as cpu."""
+    mode = str(connector.execution_mode)
+    if mode == "sync" and plan_step is not None and plan_step.queue == defaults.QUEUE_CPU:
+        return "cpu"
+    return mode
 
 
 def _emit(engine: Any, event: dict[str, Any]) -> None:
@@ -202,8 +206,9 @@ def on_step_started(sender: Any = None, run_id: str = "", step_id: str = "", att
     input_data, _cut = bounded(secrets.redact(inputs))
     event = _attempt_event(engine, run_id, step_id, STARTED, detail, input_data=input_data)
     event["attempt"] = event["attempts"] = int(attempt)
-    if connector is not None:
-        event["execution_mode"] = _connector_mode(connector)
+    spec = engine.run_spec(run_id)
+    if connector is not None and spec is not None:
+        event["execution_mode"] = _connector_mode(connector, spec.plan.steps.get(step_id))
     _emit(engine, event)
 
 

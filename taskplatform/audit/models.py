@@ -21,8 +21,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData()
 
-# JSONB on Postgres (indexable, compact), plain JSON text elsewhere (SQLite).
-Json = JSON().with_variant(JSONB(), "postgresql")
+# JSONB on Postgres (indexable, compact), plain JSON text elsewhere (SQLite); None is SQL NULL,
+# so an event that leaves a column out keeps what an earlier one wrote (COALESCE).
+Json = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 # SQLite only autoincrements an INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 Stamp = DateTime(timezone=True)

@@ -105,6 +105,12 @@ def step_summary(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _step_order(run: dict[str, Any]) -> list[str]:
+    """The flow's step order as the engine reports it (compiled from the stored spec)."""
     ctx = run.get("execution_context") or {}
-    steps = (ctx.get("flow") or {}).get("steps") or {}
-    return list(steps)
+    try:
+        from connectors.base import default_registry  # noqa: PLC0415
+        from taskplatform.engine import RunSpec  # noqa: PLC0415
+
+        return list(RunSpec.from_json(run["run_id"], ctx, default_registry()).plan.order)
+    except Exception:  # noqa: BLE001 - an old or partial context still lists its steps
+        return list(((ctx.get("flow") or {}).get("steps") or {}))
