@@ -55,3 +55,12 @@ def not_json() -> object:
 
 def echo(**kwargs: Any) -> dict[str, Any]:
     return kwargs
+
+
+def leak(token: str) -> None:
+    """Misbehave with a secret: log it, print it, and fail with it in the message."""
+    import logging
+
+    logging.getLogger("tests.leak").warning("using token %s", token)
+    print(f"printed token {token}")
+    raise ValueError(f"token {token} rejected")
