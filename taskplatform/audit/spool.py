@@ -68,6 +68,7 @@ class AuditSink:
         self._release = self.redis.register_script(_RELEASE)
         self._last_sweep = 0.0
         self._schema_error_logged = False
+        self._down = False
 
     # --- emit ---------------------------------------------------------------------------------
 
@@ -119,6 +120,9 @@ class AuditSink:
                     self._last_sweep = time.time()
                     self.run_sweep()
                 backoff = 0.0
+                if self._down:
+                    self._down = False
+                    log.warning("audit database reachable again; spooled events written")
             except (SQLAlchemyError, BackendError, AuditSchemaError, redis.RedisError) as exc:
                 self.counters.db_errors += 1
                 backoff = min(defaults.AUDIT_BACKOFF_MAX_S, max(0.2, backoff * 2))
@@ -126,9 +130,10 @@ class AuditSink:
                     if not self._schema_error_logged:
                         log.error("audit paused: %s", exc)
                         self._schema_error_logged = True
-                else:
-                    log.warning("audit write failed (%s), events stay spooled; retrying in %.1fs",
-                                type(exc).__name__, backoff)
+                elif not self._down:  # once per outage, not once per retry
+                    self._down = True
+                    log.warning("audit database unreachable (%s): events stay spooled in Redis "
+                                "and are written when it is back", type(exc).__name__)
             except Exception:  # noqa: BLE001 - the drainer must outlive any surprise
                 self.counters.db_errors += 1
                 backoff = defaults.AUDIT_BACKOFF_MAX_S
