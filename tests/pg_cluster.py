@@ -15,7 +15,14 @@ from pathlib import Path
 
 import psycopg
 
-PG_BIN = Path(os.environ.get("TASKPLATFORM_PG_BIN", "/usr/lib/postgresql/15/bin"))
+def _pg_bin() -> Path:
+    if os.environ.get("TASKPLATFORM_PG_BIN"):
+        return Path(os.environ["TASKPLATFORM_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _pg_bin()
 
 
 def _free_port() -> int:
