@@ -74,9 +74,51 @@ def apply(conn: Connection, event: dict[str, Any]) -> None:
         raise ValueError(f"unknown audit event kind {kind!r}")
 
 
-def _apply_attempt(conn: Connection, e: dict[str, Any]) -> None:
+def apply_batch(conn: Connection, batch: list[dict[str, Any]]) -> None:
+    """Write a batch in one round of statements: attempt events merged per row, in order.
+
+    Events of one attempt row are folded together first (the same rules as the upsert), so
+    one multi-row upsert never touches a row twice; run events follow in their order.
+    """
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    superseding: list[dict[str, Any]] = []
+    others: list[dict[str, Any]] = []
+    for e in batch:
+        if e["kind"] != "attempt":
+            others.append(e)
+            continue
+        values = _attempt_values(e)
+        key = (values["run_id"], values["step_id"], values["attempt"], values["task_id"])
+        prev = merged.get(key)
+        merged[key] = values if prev is None else _fold(prev, values)
+        if e["status"] == STARTED and int(e["attempt"]) > 1:
+            superseding.append(e)
+    if merged:
+        conn.execute(_attempt_upsert(conn), list(merged.values()))
+    for e in superseding:
+        _supersede(conn, e)
+    for e in others:
+        apply(conn, e)
+
+
+def _fold(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` applied on top of ``old`` as the upsert would (see the module docstring)."""
+    if new["status"] in OPEN_STATUSES and old["status"] not in OPEN_STATUSES:
+        return old
+    out = dict(old)
+    for f in ATTEMPT_FIELDS:
+        if new[f] is not None:
+            out[f] = new[f]
+    out.update(status=new["status"], output_truncated=new["output_truncated"],
+               updated_at=new["updated_at"], expires_at=new["expires_at"],
+               completed_at=new["completed_at"] or old["completed_at"])
+    return out
+
+
+def _attempt_values(e: dict[str, Any]) -> dict[str, Any]:
     at = stamp(e["at"])
     final = e["status"] not in OPEN_STATUSES
+    e.pop("output_key", None)  # written directly, without the spool's output lookup
     values = {
         "run_id": e["run_id"], "step_id": e["step_id"], "attempt": int(e["attempt"]),
         "task_id": e.get("task_id") or "", "status": e["status"],
@@ -87,27 +129,42 @@ def _apply_attempt(conn: Connection, e: dict[str, Any]) -> None:
     }
     values["attempts"] = int(values["attempts"] or e["attempt"])
     values["output_truncated"] = bool(values["output_truncated"])
-    stmt = _insert(conn, attempts).values(values)
+    return values
+
+
+def _attempt_upsert(conn: Connection) -> Any:
+    stmt = _insert(conn, attempts)
     x = stmt.excluded
     keep = {f: _coalesce(x[f], attempts.c[f]) for f in ATTEMPT_FIELDS if f != "output_truncated"}
-    stmt = stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(
         index_elements=["run_id", "step_id", "attempt", "task_id"],
         set_={**keep, "status": x.status, "output_truncated": x.output_truncated,
               "updated_at": x.updated_at, "expires_at": x.expires_at,
               "completed_at": _coalesce(x.completed_at, attempts.c.completed_at)},
-        where=or_(x.status.notin_(OPEN_STATUSES), attempts.c.status.in_(OPEN_STATUSES)),
+        # Spelled out, not IN (...): expanding parameters cannot go through executemany.
+        where=or_(and_(x.status != STARTED, x.status != RETRYING),
+                  attempts.c.status == STARTED, attempts.c.status == RETRYING),
     )
-    conn.execute(stmt)
+
+
+def _apply_attempt(conn: Connection, e: dict[str, Any]) -> None:
+    conn.execute(_attempt_upsert(conn), [_attempt_values(e)])
     if e["status"] == STARTED and int(e["attempt"]) > 1:
-        conn.execute(
-            update(attempts)
-            .where(and_(attempts.c.run_id == e["run_id"], attempts.c.step_id == e["step_id"],
-                        attempts.c.attempt < int(e["attempt"]), attempts.c.status == STARTED))
-            .values(status="failed", error_type=WORKER_LOST, completed_at=at, updated_at=at,
-                    expires_at=None,
-                    error_message=f"no outcome recorded; attempt {e['attempt']} started after it "
-                                  "(its worker was lost)")
-        )
+        _supersede(conn, e)
+
+
+def _supersede(conn: Connection, e: dict[str, Any]) -> None:
+    """Close earlier attempts of the step still ``started``: their worker was lost."""
+    at = stamp(e["at"])
+    conn.execute(
+        update(attempts)
+        .where(and_(attempts.c.run_id == e["run_id"], attempts.c.step_id == e["step_id"],
+                    attempts.c.attempt < int(e["attempt"]), attempts.c.status == STARTED))
+        .values(status="failed", error_type=WORKER_LOST, completed_at=at, updated_at=at,
+                expires_at=None,
+                error_message=f"no outcome recorded; attempt {e['attempt']} started after it "
+                              "(its worker was lost)")
+    )
 
 
 def _coalesce(new: Any, old: Any) -> Any:

@@ -13,7 +13,6 @@ never raise: a failure is logged and counted (:func:`failure_count`).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import threading
 import time
@@ -75,9 +74,13 @@ def sink_of(engine: Any, *, sweep: bool = False) -> AuditSink | None:
     """The audit sink of an engine's settings; None when the audit is off."""
     if engine is None or not engine.settings.audit:
         return None
-    settings = engine.settings
-    return sink_for(db.database_url(settings.database_url), settings.redis_url,
-                    prefix=settings.key_prefix, sweep=sweep)
+    sink = engine.__dict__.get("_audit_sink")  # engines are per process: so is this cache
+    if sink is None or sweep:
+        settings = engine.settings
+        sink = sink_for(db.database_url(settings.database_url), settings.redis_url,
+                        prefix=settings.key_prefix, sweep=sweep)
+        engine.__dict__["_audit_sink"] = sink
+    return sink
 
 
 def _step_args(args: Any) -> tuple[str, str] | None:
@@ -220,11 +223,8 @@ def on_step_settled(sender: Any = None, run_id: str = "", step_id: str = "", sta
         return
     detail = detail or {}
     extra: dict[str, Any] = {}
-    if status == "succeeded":
-        raw = engine.redis.hget(engine.store.key(defaults.KEY_RUN_OUTPUTS, run_id), step_id)
-        if raw is not None:
-            output, cut = bounded(secrets.redact(json.loads(raw)))
-            extra.update(output_data=output, output_truncated=cut)
+    if status == "succeeded":  # the drainer reads it from Redis, off the step's path
+        extra["output_key"] = engine.store.key(defaults.KEY_RUN_OUTPUTS, run_id)
     _emit(engine, _attempt_event(engine, run_id, step_id, status, detail, **extra))
     if detail.get("task_id"):
         _settled_ids().add(detail["task_id"])
@@ -363,6 +363,14 @@ def on_process_init(**_: Any) -> None:
     secrets.install_log_redaction()
 
 
+def on_pool_child_init(**_: Any) -> None:
+    """A prefork child: spool only; the main process drains (see spool.DRAIN_IN_THIS_PROCESS)."""
+    from taskplatform.audit import spool  # noqa: PLC0415
+
+    spool.DRAIN_IN_THIS_PROCESS = False
+    secrets.install_log_redaction()
+
+
 @_guarded
 def on_shutdown(**_: Any) -> None:
     close_sinks(flush_s=5.0)
@@ -390,7 +398,7 @@ def connect() -> None:
         (celery_signals.task_revoked, on_task_revoked),
         (celery_signals.worker_init, on_worker_init),
         (celery_signals.worker_ready, on_worker_ready),
-        (celery_signals.worker_process_init, on_process_init),
+        (celery_signals.worker_process_init, on_pool_child_init),
         (celery_signals.celeryd_after_setup, on_process_init),
         (celery_signals.worker_process_shutdown, on_shutdown),
         (celery_signals.worker_shutdown, on_shutdown),

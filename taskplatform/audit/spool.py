@@ -24,7 +24,7 @@ from typing import Any
 import redis
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
-from taskplatform import defaults
+from taskplatform import defaults, secrets
 from taskplatform.audit import db, events, sweeper
 from taskplatform.errors import AuditSchemaError, BackendError
 
@@ -34,6 +34,11 @@ _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+
+
+#: False in prefork pool children: they only spool, and the worker's main process (mostly
+#: idle) drains, so database writes never compete with steps for a child's time.
+DRAIN_IN_THIS_PROCESS = True
 
 
 @dataclass
@@ -81,8 +86,8 @@ class AuditSink:
         except redis.RedisError:
             log.warning("audit spool unreachable; writing the %s event directly", event["kind"])
             self._write_direct(event)
-        self._ensure_thread()
-        self._wake.set()
+        if DRAIN_IN_THIS_PROCESS:  # it looks every AUDIT_DRAIN_IDLE_S: batches, not one by one
+            self._ensure_thread()
 
     def _write_direct(self, event: dict[str, Any]) -> None:
         try:
@@ -122,7 +127,7 @@ class AuditSink:
                 backoff = 0.0
                 if self._down:
                     self._down = False
-                    log.warning("audit database reachable again; spooled events written")
+                    log.warning("audit writes succeed again; spooled events written")
             except (SQLAlchemyError, BackendError, AuditSchemaError, redis.RedisError) as exc:
                 self.counters.db_errors += 1
                 backoff = min(defaults.AUDIT_BACKOFF_MAX_S, max(0.2, backoff * 2))
@@ -132,8 +137,9 @@ class AuditSink:
                         self._schema_error_logged = True
                 elif not self._down:  # once per outage, not once per retry
                     self._down = True
-                    log.warning("audit database unreachable (%s): events stay spooled in Redis "
-                                "and are written when it is back", type(exc).__name__)
+                    log.warning("audit write failed (%s: %s): events stay spooled in Redis and "
+                                "are written once it succeeds", type(exc).__name__,
+                                str(exc).splitlines()[0][:200])
             except Exception:  # noqa: BLE001 - the drainer must outlive any surprise
                 self.counters.db_errors += 1
                 backoff = defaults.AUDIT_BACKOFF_MAX_S
@@ -162,12 +168,29 @@ class AuditSink:
         self.counters.written += written
         return written
 
+    def _fill_outputs(self, batch: list[dict[str, Any]]) -> None:
+        """Read the outputs settled events point at, in one round trip, bounded and masked.
+
+        The step stored its output already masked (runtime.py); ``redact`` here masks what
+        this process knows too.
+        """
+        wanted = [e for e in batch if e.get("output_key")]
+        if not wanted:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for e in wanted:
+            pipe.hget(e["output_key"], e["step_id"])
+        for e, raw in zip(wanted, pipe.execute()):
+            del e["output_key"]
+            if raw is not None:
+                e["output_data"], e["output_truncated"] = events.bounded(secrets.redact(json.loads(raw)))
+
     def _write_batch(self, batch: list[dict[str, Any]]) -> None:
+        self._fill_outputs(batch)
         engine = db.get_engine(self.url)
         try:
             with engine.begin() as conn:
-                for event in batch:
-                    events.apply(conn, event)
+                events.apply_batch(conn, batch)
         except OperationalError:
             raise  # the database is away: keep the batch for later
         except DBAPIError as exc:

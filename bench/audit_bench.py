@@ -1,0 +1,154 @@
+#!/usr/bin/env python
+"""What the audit costs: many small flows with the audit on and off, in the same run.
+
+    .venv/bin/python bench/audit_bench.py [--flows 300] [--rounds 2] [--pool prefork]
+        [--concurrency 2] [--database-url postgresql://postgres@127.0.0.1:5432/postgres] [--json]
+
+One private redis-server; a private database made on the given Postgres server (dropped at
+the end) and migrated. Then, ``--rounds`` times, alternating so drift hits both alike: a
+``celery -A taskplatform worker`` subprocess with ``TASKPLATFORM_AUDIT=0`` (off) or ``1``
+(on), a warm-up, and ``--flows`` 3-step flows submitted at once and waited for. With the audit
+on, it also times how long after the last run ended every audit row was in Postgres (the
+spool's lag), and checks the row counts. Prints flows/s per mode and the on/off ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
+    sys.path[0] = str(ROOT)
+elif str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import psycopg  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
+
+from bench.bench import Worker, small_flow  # noqa: E402
+from taskplatform.audit import db  # noqa: E402
+from taskplatform.audit.models import flow_run_history, task_execution_audit  # noqa: E402
+from taskplatform.audit.spool import close_sinks, sink_for  # noqa: E402
+from taskplatform.embedded import RedisServer, close_connections  # noqa: E402
+
+
+APPS: list[Any] = []
+
+
+def one_round(audit_on: bool, args: argparse.Namespace, server: RedisServer, url: str,
+              log: Any) -> dict[str, Any]:
+    from taskplatform.app import configure, create_app  # noqa: PLC0415
+    from taskplatform.client import Client  # noqa: PLC0415
+    from taskplatform.settings import Settings  # noqa: PLC0415
+
+    mode = "on" if audit_on else "off"
+    app = create_app(f"audit-bench-{mode}-{uuid.uuid4().hex[:6]}", set_as_current=False)
+    configure(app, Settings(redis_url=server.url, database_url=url, audit=audit_on))
+    client = Client(app)
+    env = {**os.environ, "REDIS_URL": server.url, "DATABASE_URL": url, "PYTHONPATH": str(ROOT),
+           "TASKPLATFORM_AUDIT": "1" if audit_on else "0"}
+    worker = Worker(f"audit-bench-{mode}", "taskplatform", "io,cpu,plan", env, args.pool,
+                    args.concurrency)
+    sa_url = db.database_url(url)
+    try:
+        worker.start()
+        worker.wait_ready(app)
+        for r in [client.submit(small_flow()) for _ in range(4 * args.concurrency)]:
+            r.wait(60)
+        if audit_on:
+            sink_for(sa_url, server.url).flush(60)
+        rows_before = _count(sa_url)
+        t0 = time.perf_counter()
+        runs = [client.submit(small_flow()) for _ in range(args.flows)]
+        for r in runs:
+            r.wait(args.timeout)
+        t1 = time.perf_counter()
+        out: dict[str, Any] = {"mode": mode, "seconds": t1 - t0, "flows_per_s": args.flows / (t1 - t0)}
+        if audit_on:
+            assert sink_for(sa_url, server.url).flush(120), "audit spool did not drain"
+            out["rows_in_db_after_s"] = time.perf_counter() - t1
+            runs_n, steps_n = (a - b for a, b in zip(_count(sa_url), rows_before))
+            out["rows"] = {"flow_run_history": runs_n, "task_execution_audit": steps_n}
+            assert runs_n == args.flows and steps_n == 3 * args.flows, out["rows"]
+        log(f"audit {mode}: {args.flows} flows in {out['seconds']:.2f}s "
+            f"({out['flows_per_s']:.1f} flows/s)"
+            + (f", all rows in Postgres {out['rows_in_db_after_s']:.2f}s after the last run ended"
+               if audit_on else ""))
+        return out
+    finally:
+        worker.stop()
+        close_sinks(redis_url=server.url)
+        APPS.append(app)  # connections closed once, at the end (kombu pools are shared)
+        server.client().flushdb()
+
+
+def _count(url: str) -> tuple[int, int]:
+    with db.get_engine(url).connect() as conn:
+        return (conn.execute(select(func.count()).select_from(flow_run_history)).scalar_one(),
+                conn.execute(select(func.count()).select_from(task_execution_audit)).scalar_one())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--flows", type=int, default=300)
+    p.add_argument("--rounds", type=int, default=2, help="off/on pairs (default 2)")
+    p.add_argument("--pool", default="prefork")
+    p.add_argument("--concurrency", type=int, default=2)
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                   help="a Postgres server where a private database is made and dropped")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    started = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    name = f"tp_audit_bench_{os.getpid()}"
+    with psycopg.connect(args.database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = args.database_url.rsplit("/", 1)[0] + f"/{name}"
+    server = RedisServer().start()
+    results: list[dict[str, Any]] = []
+    try:
+        db.upgrade(db.database_url(url))
+        for _ in range(args.rounds):
+            for audit_on in (False, True):
+                results.append(one_round(audit_on, args, server, url, log))
+    finally:
+        for app in APPS:
+            close_connections(app)
+        server.stop()
+        db.dispose_all()
+        with psycopg.connect(args.database_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def rate(mode: str) -> float:
+        return statistics.median(r["flows_per_s"] for r in results if r["mode"] == mode)
+
+    summary = {
+        "config": {"flows": args.flows, "rounds": args.rounds, "pool": args.pool,
+                   "concurrency": args.concurrency, "cpus": os.cpu_count()},
+        "rounds": results,
+        "flows_per_s": {"off": rate("off"), "on": rate("on")},
+        "throughput_on_over_off": rate("on") / rate("off"),
+        "spool_lag_s_max": max(r["rows_in_db_after_s"] for r in results if r["mode"] == "on"),
+    }
+    log(f"median flows/s: off {rate('off'):.1f}, on {rate('on'):.1f}; "
+        f"on/off = {summary['throughput_on_over_off']:.3f} "
+        f"(audit cost {100 * (1 - summary['throughput_on_over_off']):.1f}% of throughput)")
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
