@@ -261,13 +261,15 @@ def runs(flow: str | None, status_: str | None, since: str | None, limit: int, a
       python manage.py runs --limit 5
       python manage.py runs --flow order-digest --status failed --since 2h --json
     """
-    from taskplatform.audit import reads  # noqa: PLC0415
+    from taskplatform.audit import reads, spool  # noqa: PLC0415
+    from taskplatform.settings import load_settings  # noqa: PLC0415
 
     with _errors():
         try:
             since_at = reads.parse_since(since) if since else None
         except ValueError as exc:
             _fail(str(exc), RET_USAGE)
+        spool.flush_pending(load_settings())  # so the newest events are listed too
         for row in reads.list_runs(flow=flow, status=status_, since=since_at, limit=limit):
             if as_json:
                 click.echo(json.dumps({

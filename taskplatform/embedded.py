@@ -184,6 +184,9 @@ class InProcessWorker:
 @contextmanager
 def embedded_stack(app: Celery, settings: Settings) -> Iterator[Settings]:
     """A private Redis plus an in-process worker for ``app``; both stopped on exit."""
+    from taskplatform.secrets import install_log_redaction  # noqa: PLC0415
+
+    install_log_redaction()  # this process is the worker: its logs may carry secret values
     server = RedisServer().start()
     try:
         local = settings.model_copy(update={"redis_url": server.url})

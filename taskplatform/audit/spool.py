@@ -288,3 +288,18 @@ def close_sinks(*, redis_url: str | None = None, flush_s: float = 0.0) -> None:
 def flush_all(timeout_s: float = 10.0) -> bool:
     """Flush every sink of this process; True when all are empty."""
     return all(s.flush(timeout_s) for k, s in list(_sinks.items()) if k[0] == os.getpid())
+
+
+def flush_pending(settings: Any, timeout_s: float = 3.0) -> bool:
+    """Best effort, before a read: write what the spool of ``settings``' Redis still holds.
+
+    False when there is no Redis to read, or the spool did not empty in time.
+    """
+    if not settings.audit or not settings.redis_url:
+        return False
+    try:
+        sink = sink_for(db.database_url(settings.database_url), settings.redis_url,
+                        prefix=settings.key_prefix)
+        return sink.flush(timeout_s)
+    except (redis.RedisError, SQLAlchemyError, BackendError):
+        return False
