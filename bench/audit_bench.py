@@ -10,6 +10,11 @@ the end) and migrated. Then, ``--rounds`` times, alternating so drift hits both 
 (on), a warm-up, and ``--flows`` 3-step flows submitted at once and waited for. With the audit
 on, it also times how long after the last run ended every audit row was in Postgres (the
 spool's lag), and checks the row counts. Prints flows/s per mode and the on/off ratio.
+
+Wall time is at the mercy of whatever else runs on the machine, so it also counts the CPU
+seconds the flows cost: the worker's processes, this process (the submitter, and the audit's
+drainer when it runs here), redis-server and the Postgres backends of the bench database.
+On a machine whose cores are busy, throughput goes as 1 / CPU per flow.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
 elif str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import psutil  # noqa: E402
 import psycopg  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
@@ -66,6 +72,7 @@ def one_round(audit_on: bool, args: argparse.Namespace, server: RedisServer, url
         if audit_on:
             sink_for(sa_url, server.url).flush(60)
         rows_before = _count(sa_url)
+        cpu0 = _cpu(worker, server, url)
         t0 = time.perf_counter()
         runs = [client.submit(small_flow()) for _ in range(args.flows)]
         for r in runs:
@@ -75,11 +82,17 @@ def one_round(audit_on: bool, args: argparse.Namespace, server: RedisServer, url
         if audit_on:
             assert sink_for(sa_url, server.url).flush(120), "audit spool did not drain"
             out["rows_in_db_after_s"] = time.perf_counter() - t1
+        cpu1 = _cpu(worker, server, url)
+        out["cpu_ms_per_flow"] = {k: 1000 * (cpu1.get(k, 0.0) - cpu0.get(k, 0.0)) / args.flows
+                                  for k in cpu1}
+        out["cpu_ms_per_flow"]["total"] = sum(out["cpu_ms_per_flow"].values())
+        if audit_on:
             runs_n, steps_n = (a - b for a, b in zip(_count(sa_url), rows_before))
             out["rows"] = {"flow_run_history": runs_n, "task_execution_audit": steps_n}
             assert runs_n == args.flows and steps_n == 3 * args.flows, out["rows"]
         log(f"audit {mode}: {args.flows} flows in {out['seconds']:.2f}s "
-            f"({out['flows_per_s']:.1f} flows/s)"
+            f"({out['flows_per_s']:.1f} flows/s), CPU {out['cpu_ms_per_flow']['total']:.1f} ms/flow "
+            + " ".join(f"{k} {v:.1f}" for k, v in out["cpu_ms_per_flow"].items() if k != "total")
             + (f", all rows in Postgres {out['rows_in_db_after_s']:.2f}s after the last run ended"
                if audit_on else ""))
         return out
@@ -88,6 +101,38 @@ def one_round(audit_on: bool, args: argparse.Namespace, server: RedisServer, url
         close_sinks(redis_url=server.url)
         APPS.append(app)  # connections closed once, at the end (kombu pools are shared)
         server.client().flushdb()
+
+
+def _cpu_of(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _cpu(worker: Worker, server: RedisServer, url: str) -> dict[str, float]:
+    """CPU seconds so far of the worker tree, this process, redis-server, Postgres backends."""
+    assert worker.proc is not None and server.proc is not None
+    main = psutil.Process(worker.proc.pid)
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(url, autocommit=True) as conn:
+        me = conn.execute("select pg_backend_pid()").fetchone()[0]
+        pids = [r[0] for r in conn.execute(
+            "select pid from pg_stat_activity where datname = %s and pid <> %s", (name, me))]
+    backends = []
+    for pid in pids:
+        try:
+            backends.append(psutil.Process(pid))
+        except psutil.Error:
+            pass
+    return {"worker_main": _cpu_of([main]), "worker_pool": _cpu_of(main.children(recursive=True)),
+            "submitter": _cpu_of([psutil.Process()]),
+            "redis": _cpu_of([psutil.Process(server.proc.pid)]),
+            "postgres": _cpu_of(backends)}
 
 
 def _count(url: str) -> tuple[int, int]:
@@ -134,17 +179,24 @@ def main(argv: list[str] | None = None) -> int:
     def rate(mode: str) -> float:
         return statistics.median(r["flows_per_s"] for r in results if r["mode"] == mode)
 
+    def cpu(mode: str) -> float:
+        return statistics.median(r["cpu_ms_per_flow"]["total"] for r in results if r["mode"] == mode)
+
     summary = {
         "config": {"flows": args.flows, "rounds": args.rounds, "pool": args.pool,
                    "concurrency": args.concurrency, "cpus": os.cpu_count()},
         "rounds": results,
         "flows_per_s": {"off": rate("off"), "on": rate("on")},
         "throughput_on_over_off": rate("on") / rate("off"),
+        "cpu_ms_per_flow": {"off": cpu("off"), "on": cpu("on")},
+        "cpu_throughput_on_over_off": cpu("off") / cpu("on"),
         "spool_lag_s_max": max(r["rows_in_db_after_s"] for r in results if r["mode"] == "on"),
     }
     log(f"median flows/s: off {rate('off'):.1f}, on {rate('on'):.1f}; "
         f"on/off = {summary['throughput_on_over_off']:.3f} "
         f"(audit cost {100 * (1 - summary['throughput_on_over_off']):.1f}% of throughput)")
+    log(f"median CPU ms/flow: off {cpu('off'):.1f}, on {cpu('on'):.1f}; CPU-bound throughput "
+        f"on/off = {summary['cpu_throughput_on_over_off']:.3f}")
     if args.json:
         print(json.dumps(summary, indent=2))
     return 0

@@ -94,11 +94,21 @@ def apply_batch(conn: Connection, batch: list[dict[str, Any]]) -> None:
         if e["status"] == STARTED and int(e["attempt"]) > 1:
             superseding.append(e)
     if merged:
-        conn.execute(_attempt_upsert(conn), list(merged.values()))
+        conn.execute(_statement(conn, "attempt"), list(merged.values()))
     for e in superseding:
         _supersede(conn, e)
-    for e in others:
-        apply(conn, e)
+    if any(e["kind"] == "run_resumed" for e in others):
+        for e in others:  # resumes and finishes of one run must keep their order
+            apply(conn, e)
+        return
+    # Without resumes the order of run events does not matter: a submit never touches the
+    # status, a finish always sets it. One row per run and kind (the last event wins).
+    submitted = {e["run_id"]: _submitted_values(e) for e in others if e["kind"] == "run_submitted"}
+    finished = {e["run_id"]: _finished_values(e) for e in others if e["kind"] == "run_finished"}
+    if submitted:
+        conn.execute(_statement(conn, "submitted"), list(submitted.values()))
+    if finished:
+        conn.execute(_statement(conn, "finished"), list(finished.values()))
 
 
 def _fold(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -148,7 +158,7 @@ def _attempt_upsert(conn: Connection) -> Any:
 
 
 def _apply_attempt(conn: Connection, e: dict[str, Any]) -> None:
-    conn.execute(_attempt_upsert(conn), [_attempt_values(e)])
+    conn.execute(_statement(conn, "attempt"), [_attempt_values(e)])
     if e["status"] == STARTED and int(e["attempt"]) > 1:
         _supersede(conn, e)
 
@@ -173,39 +183,68 @@ def _coalesce(new: Any, old: Any) -> Any:
     return func.coalesce(new, old)
 
 
-def _apply_submitted(conn: Connection, e: dict[str, Any]) -> None:
+def _submitted_values(e: dict[str, Any]) -> dict[str, Any]:
     at = stamp(e["at"])
-    values = {
+    return {
         "run_id": e["run_id"], "flow_id": e["flow_id"], "tenant_id": e.get("tenant_id"),
         "user_id": e.get("user_id"), "correlation_id": e.get("correlation_id"),
         "status": RUNNING, "input_data": e.get("input_data"),
         "execution_context": e.get("execution_context"), "created_at": at, "updated_at": at,
     }
-    stmt = _insert(conn, runs).values(values)
-    x = stmt.excluded
-    conn.execute(stmt.on_conflict_do_update(
-        index_elements=["run_id"],
-        set_={"flow_id": x.flow_id, "tenant_id": x.tenant_id, "user_id": x.user_id,
-              "correlation_id": x.correlation_id, "input_data": x.input_data,
-              "execution_context": x.execution_context, "created_at": x.created_at},
-    ))
 
 
-def _apply_finished(conn: Connection, e: dict[str, Any]) -> None:
+def _finished_values(e: dict[str, Any]) -> dict[str, Any]:
     at = stamp(e["at"])
-    values = {
+    return {
         "run_id": e["run_id"], "flow_id": e.get("flow_id") or "?", "status": e["status"],
         "output_data": e.get("output_data"), "error_message": e.get("error_message"),
         "failed_step": e.get("failed_step"), "created_at": at, "updated_at": at, "completed_at": at,
     }
-    stmt = _insert(conn, runs).values(values)
+
+
+def _submitted_upsert(conn: Connection) -> Any:
+    stmt = _insert(conn, runs)
     x = stmt.excluded
-    conn.execute(stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(  # never the status: a late submit does not reopen a run
+        index_elements=["run_id"],
+        set_={"flow_id": x.flow_id, "tenant_id": x.tenant_id, "user_id": x.user_id,
+              "correlation_id": x.correlation_id, "input_data": x.input_data,
+              "execution_context": x.execution_context, "created_at": x.created_at},
+    )
+
+
+def _finished_upsert(conn: Connection) -> Any:
+    stmt = _insert(conn, runs)
+    x = stmt.excluded
+    return stmt.on_conflict_do_update(
         index_elements=["run_id"],
         set_={"status": x.status, "output_data": x.output_data, "error_message": x.error_message,
               "failed_step": x.failed_step, "updated_at": x.updated_at,
               "completed_at": x.completed_at},
-    ))
+    )
+
+
+def _apply_submitted(conn: Connection, e: dict[str, Any]) -> None:
+    conn.execute(_statement(conn, "submitted"), [_submitted_values(e)])
+
+
+def _apply_finished(conn: Connection, e: dict[str, Any]) -> None:
+    conn.execute(_statement(conn, "finished"), [_finished_values(e)])
+
+
+_BUILDERS = {"attempt": lambda c: _attempt_upsert(c), "submitted": lambda c: _submitted_upsert(c),
+             "finished": lambda c: _finished_upsert(c)}
+_statements: dict[tuple[str, str], Any] = {}
+
+
+def _statement(conn: Connection, name: str) -> Any:
+    """Upserts are built once per dialect (building ``excluded`` each time costs more than
+    running them), then executed with fresh parameters."""
+    key = (conn.dialect.name, name)
+    stmt = _statements.get(key)
+    if stmt is None:
+        stmt = _statements[key] = _BUILDERS[name](conn)
+    return stmt
 
 
 def _apply_resumed(conn: Connection, e: dict[str, Any]) -> None:
