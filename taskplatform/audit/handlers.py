@@ -67,7 +67,11 @@ def _engine_of(sender: Any) -> Any:
     if isinstance(engine, Engine):
         return engine
     app = getattr(sender, "app", None)  # a task
-    return engine_for(app) if isinstance(app, Celery) else None
+    if isinstance(app, Celery):
+        return engine_for(app)
+    from celery import current_app  # noqa: PLC0415 - a sender we do not know: the current app
+
+    return engine_for(current_app._get_current_object())
 
 
 def sink_of(engine: Any, *, sweep: bool = False) -> AuditSink | None:

@@ -236,3 +236,24 @@ def test_handlers_did_not_fail():
     from taskplatform.audit import failure_count
 
     assert failure_count() == 0
+
+
+def test_revoked_message_leaves_a_revoked_row(client, audit):
+    import time
+    import uuid
+
+    run = client.submit("hello", {"who": "revoke"})
+    run.wait(timeout=30)
+    task_id = uuid.uuid4().hex
+    client.app.control.revoke(task_id)
+    deadline = time.monotonic() + 20  # the broadcast is pub/sub: wait until the worker has it
+    while not any(task_id in ids for ids in (client.app.control.inspect(timeout=0.5).revoked() or {}).values()):
+        assert time.monotonic() < deadline, "the worker never listed the revoke"
+    _redeliver(client, run.run_id, "greet", task_id)
+    deadline = time.monotonic() + 20
+    while True:
+        rows = [r for r in audit.run(run.run_id)["steps"] if r["task_id"] == task_id]
+        if rows or time.monotonic() > deadline:
+            break
+    assert [(r["status"], r["error_type"]) for r in rows] == [("revoked", "Revoked")]
+    assert audit.run(run.run_id)["status"] == "succeeded"
