@@ -19,7 +19,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, and_, or_, update
+from sqlalchemy import Connection, and_, case, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from taskplatform import defaults
@@ -29,6 +29,7 @@ from taskplatform.audit.models import task_execution_audit as attempts
 RUNNING = "running"
 STARTED = "started"
 RETRYING = "retrying"
+SUCCEEDED = "succeeded"
 OPEN_STATUSES = (STARTED, RETRYING)  # an attempt row that a later event may still settle
 WORKER_LOST = "WorkerLost"
 
@@ -119,6 +120,8 @@ def _fold(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     for f in ATTEMPT_FIELDS:
         if new[f] is not None:
             out[f] = new[f]
+    if new["status"] == SUCCEEDED:
+        out["error_message"] = out["error_type"] = None
     out.update(status=new["status"], output_truncated=new["output_truncated"],
                updated_at=new["updated_at"], expires_at=new["expires_at"],
                completed_at=new["completed_at"] or old["completed_at"])
@@ -146,6 +149,8 @@ def _attempt_upsert(conn: Connection) -> Any:
     stmt = _insert(conn, attempts)
     x = stmt.excluded
     keep = {f: _coalesce(x[f], attempts.c[f]) for f in ATTEMPT_FIELDS if f != "output_truncated"}
+    for f in ("error_message", "error_type"):  # a success clears what a sweep or loss wrote
+        keep[f] = case((x.status == SUCCEEDED, None), else_=keep[f])
     return stmt.on_conflict_do_update(
         index_elements=["run_id", "step_id", "attempt", "task_id"],
         set_={**keep, "status": x.status, "output_truncated": x.output_truncated,

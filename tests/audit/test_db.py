@@ -87,3 +87,21 @@ def test_audit_switched_off_writes_nothing(tmp_path):
     done = _manage(["run-flow", "hello", "--input", "who=off", "--json"], env)
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "taskplatform").exists()
+
+
+def test_cli_db_upgrade_and_sweep(audit_db_url, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from taskplatform.cli import main
+
+    runner = CliRunner()
+    res = runner.invoke(main, ["db", "upgrade"], catch_exceptions=False)
+    assert res.exit_code == 0 and "revision 0001" in res.stdout and "postgresql" in res.stdout
+    res = runner.invoke(main, ["db", "sweep"], catch_exceptions=False)
+    assert res.exit_code == 0 and res.stdout.startswith("swept ")
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/a.sqlite3")
+    res = runner.invoke(main, ["db", "upgrade"], catch_exceptions=False)
+    assert res.exit_code == 0 and "revision 0001" in res.stdout
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:1/none")
+    res = runner.invoke(main, ["db", "upgrade"], catch_exceptions=False)
+    assert res.exit_code == 4 and "audit database" in res.stderr and "Traceback" not in res.output
