@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 PG_CONNECT_TIMEOUT_S = 3
 SQLITE_BUSY_TIMEOUT_S = 30
+PG_STATEMENT_TIMEOUT_MS = 20_000  # below defaults.AUDIT_LOCK_TTL_S
 
 
 def default_sqlite_path() -> Path:
@@ -93,7 +94,9 @@ def _make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    kwargs["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    # A statement never outlives the spool's lock (a stuck drainer would hold up the audit).
+    kwargs["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT_S,
+                              "options": f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}"}
     kwargs.update(pool_size=2, max_overflow=4, pool_recycle=1800)
     return create_engine(url, **kwargs)
 

@@ -34,6 +34,14 @@ _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+# Trim what was written only while still holding the lock: a drainer whose lock expired
+# mid-batch must not trim events another drainer read after it (they would be lost).
+_TRIM = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('ltrim', KEYS[2], tonumber(ARGV[2]), -1)
+redis.call('expire', KEYS[1], tonumber(ARGV[3]))
+return 1
+"""
 
 
 #: False in prefork pool children: they only spool, and the worker's main process (mostly
@@ -71,6 +79,7 @@ class AuditSink:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._release = self.redis.register_script(_RELEASE)
+        self._trim = self.redis.register_script(_TRIM)
         self._last_sweep = 0.0
         self._schema_error_logged = False
         self._down = False
@@ -159,8 +168,10 @@ class AuditSink:
                 if not raw:
                     break
                 self._write_batch([json.loads(r) for r in raw])
-                self.redis.ltrim(self.key, len(raw), -1)
-                self.redis.expire(self.lock_key, defaults.AUDIT_LOCK_TTL_S)
+                if not self._trim(keys=[self.lock_key, self.key],
+                                  args=[token, len(raw), defaults.AUDIT_LOCK_TTL_S]):
+                    log.warning("audit drainer lost its lock mid-batch; another one goes on")
+                    break
                 written += len(raw)
                 batches += 1
         finally:

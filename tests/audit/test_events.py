@@ -66,3 +66,26 @@ def test_sweeper_settles_only_overdue_started_rows(conn):
     events.apply(conn, _attempt("succeeded", attempt=1, at=300.0))
     row = {r["step_id"]: r for r in _rows(conn)}["s"]
     assert (row["status"], row["error_type"], row["error_message"]) == ("succeeded", None, None)
+
+
+def test_a_drainer_that_lost_its_lock_does_not_trim(audit, redis_server):
+    from taskplatform.audit.spool import AuditSink
+
+    class Slow(AuditSink):
+        steal = True
+
+        def _write_batch(self, batch):
+            super()._write_batch(batch)
+            if self.steal:
+                self.redis.set(self.lock_key, "someone-else")  # our lock expired; another took it
+
+    sink = Slow(audit.url, redis_server.url, prefix="test:lostlock:")
+    try:
+        sink.emit(_attempt("started", expires_at=100.0))
+        assert sink.drain() == 0 and sink.pending() == 1  # written, but left for the new holder
+        sink.redis.delete(sink.lock_key)
+        sink.steal = False
+        assert sink.drain() == 1 and sink.pending() == 0
+    finally:
+        sink.redis.delete(sink.key, sink.lock_key)
+        sink.close()
