@@ -13,7 +13,11 @@ never raise: a failure is logged and counted (:func:`failure_count`).
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -353,14 +357,46 @@ def on_worker_init(sender: Any = None, **_: Any) -> None:
                     exc)
 
 
+_drainer: subprocess.Popen[bytes] | None = None
+_drainer_owner = 0  # the pid that started it: a pool child forked later must not stop it
+
+
 @_guarded
 def on_worker_ready(sender: Any = None, **_: Any) -> None:
-    """Main process: a drainer that also sweeps abandoned attempts."""
+    """Main process of ``celery worker``: start the audit writer process (see drainer.py)."""
+    global _drainer, _drainer_owner
+    from taskplatform.audit import drainer, spool  # noqa: PLC0415
+    from taskplatform.embedded import _die_with_parent  # noqa: PLC0415
+
     app = getattr(sender, "app", None)
-    if isinstance(app, Celery):
-        sink = sink_of(_engine_of(app), sweep=True)
-        if sink is not None:
-            sink.start()
+    engine = _engine_of(app) if isinstance(app, Celery) else None
+    if engine is None or not engine.settings.audit or _drainer is not None:
+        return
+    spool.DRAIN_IN_THIS_PROCESS = False  # the main process feeds the pool; it only spools
+    settings = engine.settings
+    cfg = {"url": db.database_url(settings.database_url), "redis_url": settings.redis_url,
+           "prefix": settings.key_prefix}
+    _drainer = subprocess.Popen(
+        [sys.executable, "-m", "taskplatform.audit.drainer"],
+        env={**os.environ, drainer.ENV: json.dumps(cfg)}, stdin=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
+    )
+    _drainer_owner = os.getpid()
+
+
+def _stop_drainer() -> None:
+    global _drainer
+    if _drainer_owner != os.getpid():
+        return
+    proc, _drainer = _drainer, None
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()  # it writes what is spooled (a few seconds at most), then exits
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def on_process_init(**_: Any) -> None:
@@ -377,6 +413,7 @@ def on_pool_child_init(**_: Any) -> None:
 
 @_guarded
 def on_shutdown(**_: Any) -> None:
+    _stop_drainer()
     close_sinks(flush_s=5.0)
 
 
