@@ -114,8 +114,15 @@ def _cpu_of(procs: list[psutil.Process]) -> float:
     return total
 
 
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []
+
+
 def _cpu(worker: Worker, server: RedisServer, url: str) -> dict[str, float]:
-    """CPU seconds so far of the worker tree, this process, redis-server, Postgres backends."""
+    """CPU seconds so far: worker main, pool, audit writer, this process, redis, Postgres."""
     assert worker.proc is not None and server.proc is not None
     main = psutil.Process(worker.proc.pid)
     name = url.rsplit("/", 1)[1]
@@ -129,7 +136,11 @@ def _cpu(worker: Worker, server: RedisServer, url: str) -> dict[str, float]:
             backends.append(psutil.Process(pid))
         except psutil.Error:
             pass
-    return {"worker_main": _cpu_of([main]), "worker_pool": _cpu_of(main.children(recursive=True)),
+    kids = main.children(recursive=True)
+    writer = [k for k in kids if "taskplatform.audit.drainer" in " ".join(_cmdline(k))]
+    return {"worker_main": _cpu_of([main]),
+            "worker_pool": _cpu_of([k for k in kids if k not in writer]),
+            "audit_writer": _cpu_of(writer),
             "submitter": _cpu_of([psutil.Process()]),
             "redis": _cpu_of([psutil.Process(server.proc.pid)]),
             "postgres": _cpu_of(backends)}
