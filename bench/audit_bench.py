@@ -45,7 +45,6 @@ from taskplatform.audit.models import flow_run_history, task_execution_audit  # 
 from taskplatform.audit.spool import close_sinks, sink_for  # noqa: E402
 from taskplatform.embedded import RedisServer, close_connections  # noqa: E402
 
-
 APPS: list[Any] = []
 
 
@@ -87,7 +86,7 @@ def one_round(audit_on: bool, args: argparse.Namespace, server: RedisServer, url
                                   for k in cpu1}
         out["cpu_ms_per_flow"]["total"] = sum(out["cpu_ms_per_flow"].values())
         if audit_on:
-            runs_n, steps_n = (a - b for a, b in zip(_count(sa_url), rows_before))
+            runs_n, steps_n = (a - b for a, b in zip(_count(sa_url), rows_before, strict=True))
             out["rows"] = {"flow_run_history": runs_n, "task_execution_audit": steps_n}
             assert runs_n == args.flows and steps_n == 3 * args.flows, out["rows"]
         log(f"audit {mode}: {args.flows} flows in {out['seconds']:.2f}s "

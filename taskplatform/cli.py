@@ -56,10 +56,9 @@ def _errors() -> Iterator[None]:
 def _client() -> Iterator[Any]:
     """A client on REDIS_URL, or on an embedded Redis and worker for the command's duration."""
     from taskplatform.app import app  # noqa: PLC0415 - keep --help fast
+    from taskplatform.audit.db import startup_check  # noqa: PLC0415
     from taskplatform.client import Client  # noqa: PLC0415
     from taskplatform.settings import load_settings  # noqa: PLC0415
-
-    from taskplatform.audit.db import startup_check  # noqa: PLC0415
 
     settings = load_settings()
     startup_check(settings)
@@ -250,7 +249,8 @@ def status(run_id: str, as_json: bool) -> None:
 @main.command()
 @click.option("--flow", default=None, help="Only runs of this flow.")
 @click.option("--status", "status_", default=None, help="Only runs in this status (running, failed, ...).")
-@click.option("--since", default=None, metavar="WHEN", help="Created since an ISO time or an age: 15m, 2h, 7d.")
+@click.option("--since", default=None, metavar="WHEN",
+              help="Created since an ISO time or an age: 15m, 2h, 7d.")
 @click.option("--limit", default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line.")
 def runs(flow: str | None, status_: str | None, since: str | None, limit: int, as_json: bool) -> None:

@@ -223,9 +223,8 @@ def default_client() -> Client:
     if _default_client is None:
         from taskplatform import embedded  # noqa: PLC0415
         from taskplatform.app import app  # noqa: PLC0415
-        from taskplatform.settings import load_settings  # noqa: PLC0415
-
         from taskplatform.audit.db import startup_check  # noqa: PLC0415
+        from taskplatform.settings import load_settings  # noqa: PLC0415
 
         settings = load_settings()
         startup_check(settings)

@@ -19,8 +19,8 @@ from pydantic import BaseModel, ValidationError
 
 from connectors.base import Registry, default_registry
 from taskplatform import expressions
-from taskplatform.expressions import SECRETS_ROOT
 from taskplatform.errors import ExpressionError, FlowNotFound, FlowValidationError, Problem
+from taskplatform.expressions import SECRETS_ROOT
 from taskplatform.flow import FLOW_NAME_PATTERN, STEP_ID_PATTERN, Flow, InputSpec
 
 Loc = tuple[str | int, ...]
@@ -285,7 +285,8 @@ def _check_expressions(value: Any, loc: Loc, flow: Flow, allowed_steps: set[str]
                 problems.add(
                     loc,
                     f"expression {expr.source!r}: unknown name {root!r}; expressions read "
-                    f"inputs, steps, run or secrets{_did_you_mean(root, (*expressions.ROOTS, SECRETS_ROOT))}",
+                    "inputs, steps, run or secrets"
+                    f"{_did_you_mean(root, (*expressions.ROOTS, SECRETS_ROOT))}",
                 )
             elif root == "inputs" and name != expressions.ALL and name not in flow.inputs:
                 problems.add(loc, f"expression {expr.source!r}: unknown input {name!r}"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 
+
 def _pg_bin() -> Path:
     if os.environ.get("TASKPLATFORM_PG_BIN"):
         return Path(os.environ["TASKPLATFORM_PG_BIN"])

@@ -22,7 +22,8 @@ def _flow(step_with, **extra):
 
 def test_secrets_are_allowed_only_inside_with():
     validate_flow(_flow({"argv": ["echo", "${{ secrets.TOKEN }}"]}))
-    with pytest.raises(FlowValidationError, match=r"steps.a.when: .*secrets can only be used in a step's with"):
+    with pytest.raises(FlowValidationError,
+                       match=r"steps.a.when: .*secrets can only be used in a step's with"):
         validate_flow(_flow({"argv": ["true"]}, when="${{ secrets.TOKEN }}"))
     bad_out = {**_flow({"argv": ["true"]}), "outputs": {"t": "${{ secrets.TOKEN }}"}}
     with pytest.raises(FlowValidationError, match=r"outputs.t: .*secrets can only be used"):
@@ -134,7 +135,8 @@ def test_secret_never_leaves_the_worker_subprocess(e2e_stack, tmp_path):
     done = _manage(["run-flow", str(path), "--json"], e2e_stack["env"])
     assert done.returncode == 1, done.stderr
     obj = json.loads(done.stdout)
-    assert obj["outputs"] == {"echoed": "token=***\n"} and "token *** rejected" in obj["steps"]["leak"]["error"]
+    assert obj["outputs"] == {"echoed": "token=***\n"}
+    assert "token *** rejected" in obj["steps"]["leak"]["error"]
     status = _manage(["status", obj["run_id"]], e2e_stack["env"])
     url = db.database_url(os.environ["DATABASE_URL"])
     assert sink_for(url, e2e_stack["server"].url).flush(20)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, case, or_, update
@@ -41,7 +41,7 @@ ATTEMPT_FIELDS = (
 
 
 def stamp(ts: float | None) -> datetime | None:
-    return None if ts is None else datetime.fromtimestamp(float(ts), timezone.utc)
+    return None if ts is None else datetime.fromtimestamp(float(ts), UTC)
 
 
 def bounded(value: Any, limit: int = defaults.AUDIT_MAX_JSON_BYTES) -> tuple[Any, bool]:

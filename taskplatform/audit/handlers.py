@@ -7,28 +7,26 @@ Celery 5.7's main-process failure for lost children and hard time limits), ``tas
 ``step_settled`` (every final status, also for steps that never ran), ``run_submitted``,
 ``run_finished``, ``run_resumed``. Every value is masked with :func:`taskplatform.secrets.redact`
 before it is spooled. Receivers are module-level (Celery holds weak references otherwise) and
-never raise: a failure is logged and counted (:func:`failure_count`).
+never raise: a failure is logged and counted (:func:`failure_count`). Worker start and stop
+(schema check, log masking, the audit writer process) live in :mod:`.lifecycle`.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from celery import Celery, signals as celery_signals
+from celery import Celery
+from celery import signals as celery_signals
 
 from taskplatform import defaults, secrets, signals
 from taskplatform.audit import db
 from taskplatform.audit.events import RETRYING, STARTED, bounded
-from taskplatform.audit.spool import AuditSink, close_sinks, sink_for
+from taskplatform.audit.spool import AuditSink, sink_for
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +41,7 @@ def failure_count() -> int:
     return _failures
 
 
-def _guarded(fn: Callable[..., None]) -> Callable[..., None]:
+def guarded(fn: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
         global _failures
@@ -60,7 +58,7 @@ def _guarded(fn: Callable[..., None]) -> Callable[..., None]:
 # --- where to write ---------------------------------------------------------------------------
 
 
-def _engine_of(sender: Any) -> Any:
+def engine_of(sender: Any) -> Any:
     from taskplatform.engine import Engine, engine_for  # noqa: PLC0415
 
     if isinstance(sender, Engine):
@@ -166,10 +164,10 @@ def _emit(engine: Any, event: dict[str, Any]) -> None:
 # --- engine signals ---------------------------------------------------------------------------
 
 
-@_guarded
+@guarded
 def on_run_submitted(sender: Any = None, run_id: str = "", flow: str = "",
                      spec: dict[str, Any] | None = None, **_: Any) -> None:
-    engine = _engine_of(sender)
+    engine = engine_of(sender)
     if sink_of(engine) is None:
         return
     spec = spec or {}
@@ -183,10 +181,10 @@ def on_run_submitted(sender: Any = None, run_id: str = "", flow: str = "",
     })
 
 
-@_guarded
+@guarded
 def on_run_finished(sender: Any = None, run_id: str = "", status: str = "", outputs: Any = None,
                     error: str | None = None, **_: Any) -> None:
-    engine = _engine_of(sender)
+    engine = engine_of(sender)
     if sink_of(engine) is None:
         return
     spec = engine.run_spec(run_id)
@@ -199,18 +197,18 @@ def on_run_finished(sender: Any = None, run_id: str = "", status: str = "", outp
     })
 
 
-@_guarded
+@guarded
 def on_run_resumed(sender: Any = None, run_id: str = "", steps: Any = None, **_: Any) -> None:
-    engine = _engine_of(sender)
+    engine = engine_of(sender)
     _emit(engine, {"kind": "run_resumed", "at": time.time(), "run_id": run_id,
                    "steps": list(steps or [])})
 
 
-@_guarded
+@guarded
 def on_step_started(sender: Any = None, run_id: str = "", step_id: str = "", attempt: int = 0,
                     detail: dict[str, Any] | None = None, inputs: Any = None, connector: Any = None,
                     **_: Any) -> None:
-    engine = _engine_of(sender)
+    engine = engine_of(sender)
     if sink_of(engine) is None:
         return
     detail = detail or {}
@@ -223,10 +221,10 @@ def on_step_started(sender: Any = None, run_id: str = "", step_id: str = "", att
     _emit(engine, event)
 
 
-@_guarded
+@guarded
 def on_step_settled(sender: Any = None, run_id: str = "", step_id: str = "", status: str = "",
                     detail: dict[str, Any] | None = None, **_: Any) -> None:
-    engine = _engine_of(sender)
+    engine = engine_of(sender)
     if sink_of(engine) is None:
         return
     detail = detail or {}
@@ -248,12 +246,12 @@ def _settled_ids() -> set[str]:
 # --- Celery task signals ----------------------------------------------------------------------
 
 
-@_guarded
+@guarded
 def on_task_prerun(sender: Any = None, task_id: str = "", task: Any = None, **_: Any) -> None:
     _settled_ids().discard(task_id)
 
 
-@_guarded
+@guarded
 def on_task_success(sender: Any = None, result: Any = None, **_: Any) -> None:
     """A final status the runtime returned without a step_settled here (another settle path)."""
     if not _is_step_task(sender) or not isinstance(result, dict):
@@ -266,7 +264,7 @@ def on_task_success(sender: Any = None, result: Any = None, **_: Any) -> None:
     if request.id in _settled_ids():
         _settled_ids().discard(request.id)
         return
-    engine = _engine_of(sender)
+    engine = engine_of(sender)
     if sink_of(engine) is None:
         return
     detail = engine.store.step_detail(*ids)
@@ -274,12 +272,12 @@ def on_task_success(sender: Any = None, result: Any = None, **_: Any) -> None:
         _emit(engine, _attempt_event(engine, ids[0], ids[1], status, detail))
 
 
-@_guarded
+@guarded
 def on_task_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
     ids = _step_args(getattr(request, "args", None))
     if not _is_step_task(sender) or ids is None:
         return
-    engine = _engine_of(sender)
+    engine = engine_of(sender)
     if sink_of(engine) is None:
         return
     detail = engine.store.step_detail(*ids)
@@ -294,14 +292,14 @@ def on_task_retry(sender: Any = None, request: Any = None, reason: Any = None, *
         _emit(engine, event)
 
 
-@_guarded
+@guarded
 def on_task_failure(sender: Any = None, task_id: str = "", exception: BaseException | None = None,
                     args: Any = None, **_: Any) -> None:
     """An error escaped the runtime: Redis trouble, a lost child, a hard time limit."""
     ids = _step_args(args)
     if not _is_step_task(sender) or ids is None:
         return
-    engine = _engine_of(sender)
+    engine = engine_of(sender)
     if sink_of(engine) is None:
         return
     detail = dict(engine.store.step_detail(*ids))
@@ -313,13 +311,13 @@ def on_task_failure(sender: Any = None, task_id: str = "", exception: BaseExcept
     _emit(engine, _attempt_event(engine, ids[0], ids[1], "failed", detail))
 
 
-@_guarded
+@guarded
 def on_task_revoked(sender: Any = None, request: Any = None, terminated: bool = False,
                     **_: Any) -> None:
     ids = _step_args(getattr(request, "args", None))
     if not _is_step_task(sender) or ids is None:
         return
-    engine = _engine_of(sender)
+    engine = engine_of(sender)
     if sink_of(engine) is None:
         return
     detail = dict(engine.store.step_detail(*ids))
@@ -330,98 +328,13 @@ def on_task_revoked(sender: Any = None, request: Any = None, terminated: bool = 
     _emit(engine, _attempt_event(engine, ids[0], ids[1], "revoked", detail))
 
 
-# --- worker lifecycle -------------------------------------------------------------------------
-
-
-def on_worker_init(sender: Any = None, **_: Any) -> None:
-    """Main process, before the pool starts: mask logs, and refuse an outdated schema."""
-    from taskplatform.errors import AuditSchemaError, BackendError  # noqa: PLC0415
-
-    secrets.install_log_redaction()
-    app = getattr(sender, "app", None)
-    if not isinstance(app, Celery):
-        return
-    try:
-        engine = _engine_of(app)
-    except Exception:  # noqa: BLE001 - an unconfigured app is reported by the engine itself
-        return
-    if engine is None or not engine.settings.audit:
-        return
-    try:
-        db.check_schema(db.database_url(engine.settings.database_url))
-    except AuditSchemaError as exc:
-        log.critical("%s", exc)
-        raise SystemExit(f"taskplatform worker: {exc}") from None
-    except BackendError as exc:
-        log.warning("audit database not reachable at start (%s); events are spooled until it is",
-                    exc)
-
-
-_drainer: subprocess.Popen[bytes] | None = None
-_drainer_owner = 0  # the pid that started it: a pool child forked later must not stop it
-
-
-@_guarded
-def on_worker_ready(sender: Any = None, **_: Any) -> None:
-    """Main process of ``celery worker``: start the audit writer process (see drainer.py)."""
-    global _drainer, _drainer_owner
-    from taskplatform.audit import drainer, spool  # noqa: PLC0415
-    from taskplatform.embedded import _die_with_parent  # noqa: PLC0415
-
-    app = getattr(sender, "app", None)
-    engine = _engine_of(app) if isinstance(app, Celery) else None
-    if engine is None or not engine.settings.audit or _drainer is not None:
-        return
-    spool.DRAIN_IN_THIS_PROCESS = False  # the main process feeds the pool; it only spools
-    settings = engine.settings
-    cfg = {"url": db.database_url(settings.database_url), "redis_url": settings.redis_url,
-           "prefix": settings.key_prefix}
-    _drainer = subprocess.Popen(
-        [sys.executable, "-m", "taskplatform.audit.drainer"],
-        env={**os.environ, drainer.ENV: json.dumps(cfg)}, stdin=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent,
-    )
-    _drainer_owner = os.getpid()
-
-
-def _stop_drainer() -> None:
-    global _drainer
-    if _drainer_owner != os.getpid():
-        return
-    proc, _drainer = _drainer, None
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()  # it writes what is spooled (a few seconds at most), then exits
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-
-
-def on_process_init(**_: Any) -> None:
-    secrets.install_log_redaction()
-
-
-def on_pool_child_init(**_: Any) -> None:
-    """A prefork child: spool only; the main process drains (see spool.DRAIN_IN_THIS_PROCESS)."""
-    from taskplatform.audit import spool  # noqa: PLC0415
-
-    spool.DRAIN_IN_THIS_PROCESS = False
-    secrets.install_log_redaction()
-
-
-@_guarded
-def on_shutdown(**_: Any) -> None:
-    _stop_drainer()
-    close_sinks(flush_s=5.0)
-
-
 _connected = False
 
 
 def connect() -> None:
     """Connect every receiver (idempotent; strong references)."""
+    from taskplatform.audit import lifecycle  # noqa: PLC0415 - it imports helpers from here
+
     global _connected
     if _connected:
         return
@@ -437,12 +350,12 @@ def connect() -> None:
         (celery_signals.task_retry, on_task_retry),
         (celery_signals.task_failure, on_task_failure),
         (celery_signals.task_revoked, on_task_revoked),
-        (celery_signals.worker_init, on_worker_init),
-        (celery_signals.worker_ready, on_worker_ready),
-        (celery_signals.worker_process_init, on_pool_child_init),
-        (celery_signals.celeryd_after_setup, on_process_init),
-        (celery_signals.worker_process_shutdown, on_shutdown),
-        (celery_signals.worker_shutdown, on_shutdown),
+        (celery_signals.worker_init, lifecycle.on_worker_init),
+        (celery_signals.worker_ready, lifecycle.on_worker_ready),
+        (celery_signals.worker_process_init, lifecycle.on_pool_child_init),
+        (celery_signals.celeryd_after_setup, lifecycle.on_process_init),
+        (celery_signals.worker_process_shutdown, lifecycle.on_shutdown),
+        (celery_signals.worker_shutdown, lifecycle.on_shutdown),
     ]
     for signal, receiver in pairs:
         signal.connect(receiver, weak=False, dispatch_uid=f"taskplatform.audit.{receiver.__name__}"

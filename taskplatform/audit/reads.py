@@ -6,7 +6,7 @@ Rows come back as plain dicts (JSON columns decoded, times as timezone-aware dat
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -41,7 +41,7 @@ def _rows(url: str, stmt: Any) -> list[dict[str, Any]]:
 def _fix_times(row: dict[str, Any]) -> dict[str, Any]:
     for k, v in row.items():  # SQLite hands back naive datetimes; they are UTC
         if isinstance(v, datetime) and v.tzinfo is None:
-            row[k] = v.replace(tzinfo=timezone.utc)
+            row[k] = v.replace(tzinfo=UTC)
     return row
 
 
@@ -62,7 +62,7 @@ def load_run(run_id: str, *, url: str | None = None) -> dict[str, Any] | None:
 
 def parse_since(text: str, *, now: datetime | None = None) -> datetime:
     """``--since``: an ISO 8601 time (UTC when no zone) or an age: ``90s``, ``15m``, ``2h``, ``7d``."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     if text and text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
         return now - timedelta(seconds=float(text[:-1]) * units[text[-1]])
@@ -71,7 +71,7 @@ def parse_since(text: str, *, now: datetime | None = None) -> datetime:
     except ValueError:
         raise ValueError(f"--since {text!r}: use an ISO time (2026-11-23T10:00) or an age "
                          "(90s, 15m, 2h, 7d)") from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def list_runs(flow: str | None = None, status: str | None = None, since: datetime | None = None,
@@ -113,4 +113,4 @@ def _step_order(run: dict[str, Any]) -> list[str]:
 
         return list(RunSpec.from_json(run["run_id"], ctx, default_registry()).plan.order)
     except Exception:  # noqa: BLE001 - an old or partial context still lists its steps
-        return list(((ctx.get("flow") or {}).get("steps") or {}))
+        return list((ctx.get("flow") or {}).get("steps") or {})

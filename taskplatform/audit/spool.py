@@ -217,7 +217,7 @@ class AuditSink:
         pipe = self.redis.pipeline(transaction=False)
         for e in wanted:
             pipe.hget(e["output_key"], e["step_id"])
-        for e, raw in zip(wanted, pipe.execute()):
+        for e, raw in zip(wanted, pipe.execute(), strict=True):
             del e["output_key"]
             if raw is not None:
                 e["output_data"], e["output_truncated"] = events.bounded(secrets.redact(json.loads(raw)))

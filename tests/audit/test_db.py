@@ -46,7 +46,8 @@ def test_old_schema_is_reported_with_the_fix(audit_db_url):
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
         url = db.database_url(PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
-        with pytest.raises(AuditSchemaError, match=r"revision none, this code needs 0001: run `python manage.py db upgrade`"):
+        expected = r"revision none, this code needs 0001: run `python manage.py db upgrade`"
+        with pytest.raises(AuditSchemaError, match=expected):
             db.check_schema(url)
         assert db.upgrade(url) == "0001"
         db.check_schema(url)

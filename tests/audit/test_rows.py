@@ -93,7 +93,8 @@ def test_retried_step_has_one_row_per_attempt(client, audit):
 
 def test_failed_step_and_its_downstream(client, audit):
     f = {"name": "audit-fail", "steps": {
-        "bad": {"uses": "python.call", "with": {"function": "tests.funcs:boom", "kwargs": {"message": "kaput"}}},
+        "bad": {"uses": "python.call",
+                "with": {"function": "tests.funcs:boom", "kwargs": {"message": "kaput"}}},
         "after": {"uses": "transform.set", "needs": ["bad"], "with": {"values": {"v": 1}}},
         "free": {"uses": "transform.set", "with": {"values": {"v": 2}}},
     }}
@@ -247,7 +248,11 @@ def test_revoked_message_leaves_a_revoked_row(client, audit):
     task_id = uuid.uuid4().hex
     client.app.control.revoke(task_id)
     deadline = time.monotonic() + 20  # the broadcast is pub/sub: wait until the worker has it
-    while not any(task_id in ids for ids in (client.app.control.inspect(timeout=0.5).revoked() or {}).values()):
+    def listed() -> bool:
+        revoked = client.app.control.inspect(timeout=0.5).revoked() or {}
+        return any(task_id in ids for ids in revoked.values())
+
+    while not listed():
         assert time.monotonic() < deadline, "the worker never listed the revoke"
     _redeliver(client, run.run_id, "greet", task_id)
     deadline = time.monotonic() + 20
