@@ -25,10 +25,12 @@ def create_app(main: str = "taskplatform", *, set_as_current: bool = True) -> Ce
     from taskplatform import recovery  # noqa: PLC0415
 
     recovery.register_tasks(celery_app)
-
-    # Metrics, log context and worker start-up hooks: signal handlers only, nothing runs now.
+    # Metrics, log context, worker start-up hooks and the audit: signal handlers only, nothing
+    # connects or reads the environment now.
     from taskplatform import instrumentation, worker_hooks  # noqa: F401, PLC0415
+    from taskplatform.audit import handlers as audit_handlers  # noqa: PLC0415
 
+    audit_handlers.connect()
     return celery_app
 
 

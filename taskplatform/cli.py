@@ -57,10 +57,12 @@ def _errors() -> Iterator[None]:
 def _client() -> Iterator[Any]:
     """A client on REDIS_URL, or on an embedded Redis and worker for the command's duration."""
     from taskplatform.app import app  # noqa: PLC0415 - keep --help fast
+    from taskplatform.audit.db import startup_check  # noqa: PLC0415
     from taskplatform.client import Client  # noqa: PLC0415
     from taskplatform.settings import load_settings  # noqa: PLC0415
 
     settings = load_settings()
+    startup_check(settings)
     if settings.embedded:
         from taskplatform.embedded import embedded_stack  # noqa: PLC0415
 
@@ -91,7 +93,9 @@ def main(verbose: int) -> None:
       python manage.py resume 3f2a...
     """
     from taskplatform.logs import configure_logging  # noqa: PLC0415
+    from taskplatform.secrets import install_log_redaction  # noqa: PLC0415
 
+    install_log_redaction()
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     # Readable text here (steps of the embedded worker log with their run and step), secrets
     # masked; JSON lines when TASKPLATFORM_LOG_FORMAT=json asks for them.
@@ -232,10 +236,17 @@ def status(run_id: str, as_json: bool) -> None:
     with _errors():
         from taskplatform.settings import load_settings  # noqa: PLC0415
 
-        if load_settings().embedded:
-            _fail("REDIS_URL is not set: runs of the embedded Redis end with their process", RET_BACKEND)
-        with _client() as client:
-            info = client.get_run(run_id).info()
+        settings = load_settings()
+        if settings.embedded:  # the embedded Redis ended with its process; the audit stays
+            from taskplatform.audit.archive import archived_run  # noqa: PLC0415
+
+            run = archived_run(settings, run_id)
+            if run is None:
+                raise RunNotFound(run_id)
+            info = run.info()
+        else:
+            with _client() as client:
+                info = client.get_run(run_id).info()
         if as_json:
             click.echo(json.dumps(_run_json(info)))
         else:
@@ -244,21 +255,84 @@ def status(run_id: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--flow", default=None, help="Only runs of this flow.")
+@click.option("--status", "status_", default=None, help="Only runs in this status (running, failed, ...).")
+@click.option("--since", default=None, metavar="WHEN",
+              help="Created since an ISO time or an age: 15m, 2h, 7d.")
 @click.option("--limit", default=20, show_default=True)
-def runs(limit: int) -> None:
-    """List the most recent runs known to Redis.
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line.")
+def runs(flow: str | None, status_: str | None, since: str | None, limit: int, as_json: bool) -> None:
+    """List runs from the audit of record (DATABASE_URL), newest first.
+
+    \b
+    Examples:
+      python manage.py runs --limit 5
+      python manage.py runs --flow order-digest --status failed --since 2h --json
+    """
+    from taskplatform.audit import reads, spool  # noqa: PLC0415
+    from taskplatform.settings import load_settings  # noqa: PLC0415
+
+    with _errors():
+        try:
+            since_at = reads.parse_since(since) if since else None
+        except ValueError as exc:
+            _fail(str(exc), RET_USAGE)
+        spool.flush_pending(load_settings())  # so the newest events are listed too
+        for row in reads.list_runs(flow=flow, status=status_, since=since_at, limit=limit):
+            if as_json:
+                click.echo(json.dumps({
+                    "run_id": row["run_id"], "flow": row["flow_id"], "status": row["status"],
+                    "created_at": row["created_at"].isoformat(),
+                    "completed_at": row["completed_at"].isoformat() if row["completed_at"] else None,
+                    "error": row["error_message"], "failed_step": row["failed_step"],
+                    "tenant_id": row["tenant_id"], "correlation_id": row["correlation_id"],
+                }))
+            else:
+                when = row["created_at"].strftime("%Y-%m-%d %H:%M:%S")
+                click.echo(f"{row['run_id']}  {when}  {row['flow_id']:<24} {row['status']}")
+
+
+# --- db ---------------------------------------------------------------------------------------
+
+
+@main.group("db")
+def db_group() -> None:
+    """The audit database (DATABASE_URL; a SQLite file when unset)."""
+
+
+@db_group.command("upgrade")
+def db_upgrade() -> None:
+    """Create or update the audit schema to this code's revision.
 
     \b
     Example:
-      python manage.py runs --limit 5
+      DATABASE_URL=postgresql://tp:secret@127.0.0.1:5432/taskplatform python manage.py db upgrade
     """
-    with _errors(), _client() as client:
-        for run_id in client.recent_runs(limit):
-            try:
-                info = client.get_run(run_id).info()
-            except RunNotFound:
-                continue
-            click.echo(f"{run_id}  {info['flow'] or '?':<24} {info['status']}")
+    from taskplatform.audit import db  # noqa: PLC0415
+    from taskplatform.settings import load_settings  # noqa: PLC0415
+
+    with _errors():
+        url = db.database_url(load_settings().database_url)
+        revision = db.upgrade(url)
+        click.echo(f"audit schema at revision {revision} ({db.safe_url(url)})")
+
+
+@db_group.command("sweep")
+def db_sweep() -> None:
+    """Settle attempts left `started` past their deadline (a lost worker's) as failed.
+
+    \b
+    Example:
+      python manage.py db sweep
+    """
+    from taskplatform.audit import db, sweeper  # noqa: PLC0415
+    from taskplatform.settings import load_settings  # noqa: PLC0415
+
+    with _errors():
+        url = db.database_url(load_settings().database_url)
+        db.check_schema(url)
+        with db.get_engine(url).begin() as conn:
+            click.echo(f"swept {sweeper.sweep(conn)} abandoned attempt(s)")
 
 
 # --- cancel / resume / recover / dlq (taskplatform/control.py, recovery.py, dlq.py) ------------

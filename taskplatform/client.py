@@ -218,9 +218,20 @@ class Client:
         return Run(self, run_id)
 
     def get_run(self, run_id: str) -> Run:
-        """The handle of an existing run; RunNotFound if Redis knows no such run."""
+        """The handle of an existing run; from the audit once Redis has forgotten it.
+
+        Raises RunNotFound when neither Redis nor the audit knows the run.
+        """
         run = Run(self, run_id)
-        run._state()
+        try:
+            run._state()
+        except RunNotFound:
+            from taskplatform.audit.archive import archived_run  # noqa: PLC0415
+
+            archived = archived_run(self.engine.settings, run_id)
+            if archived is None:
+                raise
+            return archived  # type: ignore[return-value]  # same reads as Run
         return run
 
     def replay(self, entry_id: str) -> dict[str, Any]:
@@ -258,9 +269,11 @@ def default_client() -> Client:
     if _default_client is None:
         from taskplatform import embedded  # noqa: PLC0415
         from taskplatform.app import app  # noqa: PLC0415
+        from taskplatform.audit.db import startup_check  # noqa: PLC0415
         from taskplatform.settings import load_settings  # noqa: PLC0415
 
         settings = load_settings()
+        startup_check(settings)
         if settings.embedded:
             embedded.start_process_stack(app, settings)
         _default_client = Client(app)

@@ -66,3 +66,15 @@ METRICS_HOST = "0.0.0.0"  # noqa: S104 - containers are scraped from outside
 HEALTH_CHECK_TIMEOUT_S = 2.0  # each /health check gives up after this
 ACTIVE_RUNS_SCAN = 1000  # orchestrator_active_runs looks at this many most recent runs
 HEARTBEAT_LISTEN_S = 2.5  # `manage.py workers` listens this long for worker heartbeats
+
+# Audit (taskplatform.audit).
+KEY_AUDIT_SPOOL = "{prefix}audit:spool"  # list of audit events not yet in the database, in order
+KEY_AUDIT_LOCK = "{prefix}audit:spool:lock"  # one drainer at a time keeps the order
+AUDIT_BATCH_SIZE = 200  # events written per transaction
+AUDIT_DRAIN_IDLE_S = 0.5  # a drainer looks at the spool at least this often
+AUDIT_LOCK_TTL_S = 30  # a drainer that died mid-batch lets go after this
+AUDIT_BACKOFF_MAX_S = 5.0  # longest pause between attempts while the database is down
+AUDIT_MAX_JSON_BYTES = 64 * 1024  # larger input/output data is stored as a truncation marker
+AUDIT_PREVIEW_CHARS = 1024  # what the marker keeps of a truncated value
+AUDIT_SWEEP_INTERVAL_S = 30.0  # how often a worker's drainer sweeps abandoned attempts
+AUDIT_ABANDON_MARGIN_S = 60.0  # a `started` row is abandoned this long after its hard limit

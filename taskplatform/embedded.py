@@ -184,6 +184,9 @@ class InProcessWorker:
 @contextmanager
 def embedded_stack(app: Celery, settings: Settings) -> Iterator[Settings]:
     """A private Redis plus an in-process worker for ``app``; both stopped on exit."""
+    from taskplatform.secrets import install_log_redaction  # noqa: PLC0415
+
+    install_log_redaction()  # this process is the worker: its logs may carry secret values
     server = RedisServer().start()
     try:
         local = settings.model_copy(update={"redis_url": server.url})
@@ -193,6 +196,9 @@ def embedded_stack(app: Celery, settings: Settings) -> Iterator[Settings]:
             yield local
         finally:
             worker.stop()
+            from taskplatform.audit.spool import close_sinks  # noqa: PLC0415
+
+            close_sinks(redis_url=server.url, flush_s=10.0)  # the audit's spool lives in this Redis
     finally:
         close_connections(app)
         server.stop()

@@ -4,6 +4,7 @@ The hierarchy::
 
     PlatformError
     ├── ConfigError              bad settings or environment
+    │   └── AuditSchemaError     the audit database's schema is older (or newer) than the code
     ├── FlowError
     │   ├── FlowValidationError  a flow or its inputs do not validate (carries every problem)
     │   ├── FlowNotFound         no flow of that name or path
@@ -34,6 +35,10 @@ class PlatformError(Exception):
 
 class ConfigError(PlatformError):
     """Settings or environment are wrong."""
+
+
+class AuditSchemaError(ConfigError):
+    """The audit database is not at the schema revision this code writes."""
 
 
 class FlowError(PlatformError):

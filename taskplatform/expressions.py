@@ -20,6 +20,9 @@ from taskplatform.errors import ExpressionError
 OPEN = "${{"
 CLOSE = "}}"
 ROOTS = ("inputs", "steps", "run")
+# ``${{ secrets.NAME }}``: only in a step's ``with:``, resolved by the worker at run time
+# (taskplatform.secret_source), never stored with the run.
+SECRETS_ROOT = "secrets"
 ALL = "*"  # a reference to a whole root (``steps.*``, ``@``)
 
 

@@ -22,10 +22,9 @@ from celery import Celery, Task
 from pydantic import ValidationError
 
 from connectors.base import Connector, Defer, StepContext, reset_current_step, set_current_step
-from taskplatform import defaults, dispatch, expressions, lease, logs
+from taskplatform import defaults, dispatch, expressions, lease, logs, secret_source, secrets, signals
 from taskplatform.compiler import task_name
 from taskplatform.engine import Engine, RunSpec, engine_for
-from taskplatform.secrets import redact_text
 from taskplatform.errors import ExpressionError, PermanentError, StepTimedOut, TransientError
 from taskplatform.flow import RetryPolicy
 from taskplatform.state import StepStatus, dumps
@@ -178,11 +177,14 @@ def _run_claimed(task: Task, engine: Engine, spec: RunSpec, connector: Connector
             detail["reason"] = f"when was false: {step.when}"
             dispatch.settle(engine, spec, step_id, StepStatus.SKIPPED, detail)
             return {"status": "skipped"}
-        resolved = expressions.render(step.with_, context)
+        resolved = expressions.render(step.with_, secret_source.with_secrets(
+            context, step.with_, secrets_file=engine.settings.secrets_file))
         inputs = parse_inputs(connector, resolved, f"steps.{step_id}.with")
+        signals.step_started.send(sender=task, run_id=run_id, step_id=step_id, attempt=attempt,
+                                  detail=detail, inputs=resolved, connector=connector)
         output = execute(connector, inputs)
         try:
-            output_json = dumps(output)
+            output_json = dumps(secrets.redact(output))  # stored outputs never hold a secret
         except (TypeError, ValueError) as exc:
             raise PermanentError(f"output is not JSON-serialisable: {exc}") from None
     except Defer as d:
@@ -197,7 +199,7 @@ def _run_claimed(task: Task, engine: Engine, spec: RunSpec, connector: Connector
         error = PermanentError(str(exc))
     except Exception as exc:  # noqa: BLE001 - every failure of user code is recorded, not raised
         error = exc
-        detail["traceback"] = redact_text(traceback.format_exc(limit=20))[-4000:]
+        detail["traceback"] = secrets.redact_text(traceback.format_exc(limit=20))[-4000:]
     finally:
         reset_current_step(ctx_token)
 
@@ -208,7 +210,7 @@ def _run_claimed(task: Task, engine: Engine, spec: RunSpec, connector: Connector
         raise task.retry(countdown=min(defer_in, engine.settings.max_countdown_s), max_retries=None)
 
     if error is not None:
-        detail["error"] = redact_text(describe_error(error))  # shown by status, audit, CLI
+        detail["error"] = secrets.redact_text(describe_error(error))  # shown by status, audit, CLI
         detail["error_type"] = type(error).__name__
         retryable = should_retry(plan_step.retry, error)
         if retryable and attempt < (plan_step.retry.max_attempts or 1) \
@@ -220,12 +222,12 @@ def _run_claimed(task: Task, engine: Engine, spec: RunSpec, connector: Connector
             store.set_step_detail(run_id, step_id, detail)
             store.release(run_id, step_id, StepStatus.RETRYING)
             log.warning("run %s step %s attempt %d failed, retrying in %.2fs: %s",
-                        run_id, step_id, attempt, retry_in, redact_text(detail["error"]))
+                        run_id, step_id, attempt, retry_in, secrets.redact_text(detail["error"]))
             raise task.retry(countdown=retry_in, max_retries=None)
         detail["dead_letter"] = dead_letter(engine, spec, step_id, resolved, error, detail)
         why = "permanent error" if not retryable else f"gave up after {attempt} attempt(s)"
         log.error("run %s step %s dead-lettered (%s) on attempt %d: %s", run_id, step_id, why,
-                  attempt, redact_text(detail["error"]))
+                  attempt, secrets.redact_text(detail["error"]))
         dispatch.settle(engine, spec, step_id, StepStatus.DEAD_LETTERED, detail)
         return {"status": StepStatus.DEAD_LETTERED.value}
 

@@ -9,6 +9,7 @@ a value once seen stays masked for the life of the process.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Iterable
@@ -68,3 +69,46 @@ def forget_all() -> None:
     with _lock:
         _values.clear()
         _pattern = None
+
+
+# --- logs -------------------------------------------------------------------------------------
+
+_factory_installed = False
+
+
+def install_log_redaction() -> None:
+    """Mask registered secrets in every log record this process makes from now on.
+
+    Wraps the log record factory (not a handler filter), so it covers handlers added later,
+    Celery's own loggers and records whose traceback would dump a value: the message is
+    rendered and masked, and the traceback is formatted and masked ahead of the formatter.
+    """
+    global _factory_installed
+    with _lock:
+        if _factory_installed:
+            return
+        _factory_installed = True
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if _pattern is not None:
+            _redact_record(record)
+        return record
+
+    logging.setLogRecordFactory(factory)
+
+
+_formatter = logging.Formatter()
+
+
+def _redact_record(record: logging.LogRecord) -> None:
+    try:
+        message = record.getMessage()
+    except Exception:  # noqa: BLE001 - a malformed record is left for logging to report
+        return
+    record.msg, record.args = redact_text(message), None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = redact_text(_formatter.formatException(record.exc_info))
+    if record.stack_info:
+        record.stack_info = redact_text(record.stack_info)

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
         defaults.RECOVERY_STALE_AFTER_S, ge=0,
         validation_alias=AliasChoices("TASKPLATFORM_RECOVERY_STALE_AFTER_S", "recovery_stale_after_s"),
     )
+    audit: bool = Field(True, validation_alias=AliasChoices("TASKPLATFORM_AUDIT", "audit"))
+    secrets_file: Path | None = Field(
+        None, validation_alias=AliasChoices("TASKPLATFORM_SECRETS_FILE", "secrets_file")
+    )
     embedded_concurrency: int = Field(
         8, validation_alias=AliasChoices("TASKPLATFORM_EMBEDDED_CONCURRENCY", "embedded_concurrency")
     )

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from connectors.base import Registry, default_registry
 from taskplatform import expressions
 from taskplatform.errors import ExpressionError, FlowNotFound, FlowValidationError, Problem
+from taskplatform.expressions import SECRETS_ROOT
 from taskplatform.flow import FLOW_NAME_PATTERN, STEP_ID_PATTERN, Flow, InputSpec
 
 Loc = tuple[str | int, ...]
@@ -247,15 +248,18 @@ def _ancestors(flow: Flow) -> dict[str, set[str]]:
 
 
 def _check_expressions(value: Any, loc: Loc, flow: Flow, allowed_steps: set[str] | None,
-                       problems: _Problems, step_id: str | None = None) -> None:
+                       problems: _Problems, step_id: str | None = None, *,
+                       allow_secrets: bool = False) -> None:
     """Parse every expression under ``value`` and check what it refers to."""
     if isinstance(value, dict):
         for k, v in value.items():
-            _check_expressions(v, (*loc, k), flow, allowed_steps, problems, step_id)
+            _check_expressions(v, (*loc, k), flow, allowed_steps, problems, step_id,
+                               allow_secrets=allow_secrets)
         return
     if isinstance(value, list):
         for i, v in enumerate(value):
-            _check_expressions(v, (*loc, i), flow, allowed_steps, problems, step_id)
+            _check_expressions(v, (*loc, i), flow, allowed_steps, problems, step_id,
+                               allow_secrets=allow_secrets)
         return
     if not isinstance(value, str) or expressions.OPEN not in value:
         return
@@ -270,11 +274,19 @@ def _check_expressions(value: Any, loc: Loc, flow: Flow, allowed_steps: set[str]
                 if allowed_steps is not None:
                     problems.add(loc, f"expression {expr.source!r} reads the whole context ('@'); name what it needs")
                 continue
-            if root not in expressions.ROOTS:
+            if root == SECRETS_ROOT:
+                if not allow_secrets:
+                    problems.add(loc, f"expression {expr.source!r}: secrets can only be used in a "
+                                 "step's with:, where the worker resolves them")
+                elif name == expressions.ALL:
+                    problems.add(loc, f"expression {expr.source!r}: name the secret, as in "
+                                 "'${{ secrets.API_TOKEN }}'")
+            elif root not in expressions.ROOTS:
                 problems.add(
                     loc,
                     f"expression {expr.source!r}: unknown name {root!r}; expressions read "
-                    f"inputs, steps or run{_did_you_mean(root, expressions.ROOTS)}",
+                    "inputs, steps, run or secrets"
+                    f"{_did_you_mean(root, (*expressions.ROOTS, SECRETS_ROOT))}",
                 )
             elif root == "inputs" and name != expressions.ALL and name not in flow.inputs:
                 problems.add(loc, f"expression {expr.source!r}: unknown input {name!r}"
@@ -362,7 +374,8 @@ def check_flow(flow: Flow, registry: Registry, problems: _Problems) -> None:
         return
     for step_id, step in flow.steps.items():
         loc = ("steps", step_id)
-        _check_expressions(step.with_, (*loc, "with"), flow, ancestors[step_id], problems, step_id)
+        _check_expressions(step.with_, (*loc, "with"), flow, ancestors[step_id], problems, step_id,
+                           allow_secrets=True)
         if step.when is not None:
             _check_expressions(step.when, (*loc, "when"), flow, ancestors[step_id], problems, step_id)
     _check_expressions(flow.outputs, ("outputs",), flow, None, problems)

@@ -9,15 +9,59 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import delete, func, select
 
+from taskplatform.audit import db, reads, spool
+from taskplatform.audit.models import flow_run_history, task_execution_audit
 from taskplatform.embedded import RedisServer, close_connections
 
 ROOT = Path(__file__).resolve().parent.parent
+# The machine's Postgres (CI starts it): each session makes its own database there.
+PG_ADMIN_URL = os.environ.get("TASKPLATFORM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def audit_db_url() -> Iterator[str]:
+    """A private Postgres database for this session, migrated; DATABASE_URL points at it.
+
+    XDG_DATA_HOME moves to a temp folder too, so the embedded default's SQLite audit file of
+    CLI subprocesses never lands in the user's home.
+    """
+    import psycopg
+
+    name = f"tp_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    url = f"{base}/{name}"
+    saved = {k: os.environ.get(k) for k in ("DATABASE_URL", "XDG_DATA_HOME", "TASKPLATFORM_SECRETS_FILE")}
+    data_home = tempfile.mkdtemp(prefix="taskplatform-xdg-")
+    os.environ["DATABASE_URL"] = url
+    os.environ["XDG_DATA_HOME"] = data_home
+    # Secrets tests write here; workers read it at each step (see taskplatform/secret_source.py).
+    secrets_file = Path(data_home) / "secrets.json"
+    secrets_file.write_text("{}")
+    os.environ["TASKPLATFORM_SECRETS_FILE"] = str(secrets_file)
+    db.upgrade(db.database_url(url))
+    yield url
+    db.dispose_all()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    import shutil
+
+    shutil.rmtree(data_home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -35,10 +79,14 @@ def engine_app(redis_server: RedisServer):
     from taskplatform.embedded import InProcessWorker
     from taskplatform.settings import Settings
 
-    configure(app, Settings(redis_url=redis_server.url, flows_dir=ROOT / "flows"))
+    configure(app, Settings(redis_url=redis_server.url, flows_dir=ROOT / "flows",
+                            database_url=os.environ["DATABASE_URL"]))
     worker = InProcessWorker(app, concurrency=8).start()
     yield app
     worker.stop()
+    from taskplatform.audit.spool import close_sinks
+
+    close_sinks(redis_url=redis_server.url, flush_s=10.0)
     close_connections(app)
 
 
@@ -81,7 +129,8 @@ def e2e_stack() -> Iterator[dict]:
         for i in range(1)
     ]
     app = create_app("taskplatform-e2e", set_as_current=False)
-    configure(app, Settings(redis_url=server.url, flows_dir=ROOT / "flows"))
+    configure(app, Settings(redis_url=server.url, flows_dir=ROOT / "flows",
+                            database_url=os.environ["DATABASE_URL"]))
     _wait_for_workers(app, len(procs))
     yield {"app": app, "server": server, "procs": procs, "env": env}
     for p in procs:
@@ -93,6 +142,9 @@ def e2e_stack() -> Iterator[dict]:
             os.killpg(p.pid, 9)
             p.wait(5)
     log.close()
+    from taskplatform.audit.spool import close_sinks
+
+    close_sinks(redis_url=server.url, flush_s=10.0)
     close_connections(app)
     server.stop()
 
@@ -114,3 +166,46 @@ def e2e_client(e2e_stack):
     c = Client(e2e_stack["app"], flows_dir=ROOT / "flows")
     yield c
     _clean_runs(c.engine.redis)
+
+
+# --- audit ------------------------------------------------------------------------------------
+
+
+class Audit:
+    """Reads of the audit database for assertions, after the spool is written."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def flush(self, timeout_s: float = 20.0) -> None:
+        assert spool.flush_all(timeout_s), "audit spool did not drain"
+
+    def run(self, run_id: str) -> dict:
+        self.flush()
+        row = reads.load_run(run_id, url=self.url)
+        assert row is not None, f"no flow row for {run_id}"
+        return row
+
+    def count(self, table=task_execution_audit, **where) -> int:
+        stmt = select(func.count()).select_from(table)
+        for k, v in where.items():
+            stmt = stmt.where(table.c[k] == v)
+        with db.get_engine(self.url).connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def truncate(self) -> None:
+        with db.get_engine(self.url).begin() as conn:
+            conn.execute(delete(task_execution_audit))
+            conn.execute(delete(flow_run_history))
+
+
+@pytest.fixture
+def audit(client, audit_db_url, redis_server):
+    os.environ["TASKPLATFORM_TEST_REDIS"] = redis_server.url
+    a = Audit(db.database_url(audit_db_url))
+    a.flush()
+    a.truncate()
+    yield a
+    a.flush()
+    a.truncate()
+

@@ -75,3 +75,19 @@ def ignore_soft_limit(seconds: float) -> dict[str, Any]:
         except SoftTimeLimitExceeded:
             _r().incr("test:soft-limit-ignored")
     return {"slept": seconds}
+
+
+def leak(token: str) -> None:
+    """Misbehave with a secret: log it, print it, and fail with it in the message."""
+    import logging
+
+    logging.getLogger("tests.leak").warning("using token %s", token)
+    print(f"printed token {token}")
+    raise ValueError(f"token {token} rejected")
+
+
+def pid_and_sleep(key: str, seconds: float) -> dict[str, Any]:
+    """Publish this process's pid under ``test:pid:<key>``, then sleep (a step to kill -9)."""
+    _r().set(f"test:pid:{key}", os.getpid())
+    time.sleep(seconds)
+    return {"slept_s": seconds}

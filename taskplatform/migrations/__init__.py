@@ -1,0 +1,1 @@
+"""Alembic migrations of the audit schema (``python manage.py db upgrade``)."""

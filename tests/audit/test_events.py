@@ -1,0 +1,94 @@
+"""Event application rules, on real Postgres: order, precedence, folding, superseding, sweeping."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from taskplatform.audit import db, events, sweeper
+from taskplatform.audit.models import task_execution_audit as attempts
+
+
+def _attempt(status, attempt=1, at=1.0, **extra):
+    return {"kind": "attempt", "at": at, "run_id": "r1", "step_id": "s", "attempt": attempt,
+            "task_id": "t", "status": status, **extra}
+
+
+def _rows(conn):
+    return [dict(r._mapping) for r in conn.execute(select(attempts).order_by(attempts.c.attempt))]
+
+
+@pytest.fixture
+def conn(audit):
+    with db.get_engine(audit.url).begin() as c:
+        yield c
+        c.rollback()
+
+
+SEQUENCE = [
+    _attempt("started", input_data={"a": 1}, expires_at=100.0),
+    _attempt("succeeded", at=2.0, output_data={"b": 2}, execution_time_ms=5.0),
+    _attempt("started", at=3.0, input_data={"late": True}, expires_at=100.0),  # late duplicate
+]
+
+
+def test_one_by_one_and_batched_give_the_same_row(conn):
+    for e in SEQUENCE:
+        events.apply(conn, dict(e))
+    one_by_one = _rows(conn)
+    conn.execute(attempts.delete())
+    events.apply_batch(conn, [dict(e) for e in SEQUENCE])
+    batched = _rows(conn)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "id"} for r in rows]  # noqa: E731
+    assert strip(one_by_one) == strip(batched)
+    (row,) = batched
+    assert row["status"] == "succeeded"  # a final status is never taken back by `started`
+    assert row["input_data"] == {"a": 1} and row["output_data"] == {"b": 2}
+    assert row["expires_at"] is None and row["completed_at"] is not None
+
+
+def test_a_new_attempt_closes_an_earlier_one_left_started(conn):
+    events.apply(conn, _attempt("started", attempt=1, expires_at=100.0))
+    events.apply(conn, _attempt("started", attempt=2, at=5.0, expires_at=100.0))
+    first, second = _rows(conn)
+    assert (first["status"], first["error_type"]) == ("failed", "WorkerLost")
+    assert second["status"] == "started"
+
+
+def test_sweeper_settles_only_overdue_started_rows(conn):
+    events.apply(conn, _attempt("started", attempt=1, expires_at=100.0))
+    events.apply(conn, {**_attempt("started", attempt=1, expires_at=500.0), "step_id": "other"})
+    assert sweeper.sweep(conn, now_s=50.0) == 0
+    assert sweeper.sweep(conn, now_s=200.0) == 1
+    statuses = {r["step_id"]: (r["status"], r["error_type"]) for r in _rows(conn)}
+    assert statuses == {"s": ("failed", "WorkerLost"), "other": ("started", None)}
+    # The real outcome, arriving late, still wins over the sweep.
+    events.apply(conn, _attempt("succeeded", attempt=1, at=300.0))
+    row = {r["step_id"]: r for r in _rows(conn)}["s"]
+    assert (row["status"], row["error_type"], row["error_message"]) == ("succeeded", None, None)
+
+
+def test_a_drainer_that_lost_its_lock_does_not_trim(audit, redis_server, monkeypatch):
+    from taskplatform.audit import spool
+    from taskplatform.audit.spool import AuditSink
+
+    monkeypatch.setattr(spool, "DRAIN_IN_THIS_PROCESS", False)  # only the drains below
+
+    class Slow(AuditSink):
+        steal = True
+
+        def _write_batch(self, batch):
+            super()._write_batch(batch)
+            if self.steal:
+                self.redis.set(self.lock_key, "someone-else")  # our lock expired; another took it
+
+    sink = Slow(audit.url, redis_server.url, prefix="test:lostlock:")
+    try:
+        sink.emit(_attempt("started", expires_at=100.0))
+        assert sink.drain() == 0 and sink.pending() == 1  # written, but left for the new holder
+        sink.redis.delete(sink.lock_key)
+        sink.steal = False
+        assert sink.drain() == 1 and sink.pending() == 0
+    finally:
+        sink.redis.delete(sink.key, sink.lock_key)
+        sink.close()
