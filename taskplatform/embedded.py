@@ -196,19 +196,23 @@ def embedded_stack(app: Celery, settings: Settings) -> Iterator[Settings]:
             yield local
         finally:
             worker.stop()
-            from taskplatform.audit.spool import close_sinks  # noqa: PLC0415
-
-            close_sinks(redis_url=server.url, flush_s=10.0)  # the audit's spool lives in this Redis
     finally:
         close_connections(app)
         server.stop()
 
 
-def close_connections(app: Celery) -> None:
-    """Close the app's broker pool and result-backend connections (before their server goes).
+def close_connections(app: Celery, *, audit_flush_s: float = 10.0) -> None:
+    """Close the app's connections before their Redis goes: the audit's spool (flushed first,
+    up to ``audit_flush_s``), the broker pool and the result backend.
 
-    Left open, the backend's pubsub reconnects in a loop after the server is gone.
+    Left open, the backend's pubsub reconnects in a loop after the server is gone, and the
+    audit's sink keeps events for a Redis that no longer exists.
     """
+    from taskplatform.audit.spool import close_sinks  # noqa: PLC0415
+
+    redis_url = (app.conf.get("taskplatform_settings") or {}).get("redis_url")
+    if redis_url:
+        close_sinks(redis_url=redis_url, flush_s=audit_flush_s)
     gc.collect()  # AsyncResults in reference cycles unsubscribe on __del__: let them go first
     backend = getattr(app._local, "backend", None)  # this thread's, if it was ever created
     consumer = getattr(backend, "result_consumer", None) if backend is not None else None

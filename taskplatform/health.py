@@ -110,39 +110,19 @@ def redis_check(redis_url: str, *, timeout_s: float = 1.0) -> Check:
     return check
 
 
-def database_check(database_url: str | None, *, timeout_s: float = 2.0) -> Check:
-    """``SELECT 1`` with whatever driver is importable; not configured without URL or driver."""
+def database_check(settings: Any) -> Check:
+    """``SELECT 1`` on the audit's database (``DATABASE_URL``, or the SQLite default), through the
+    audit's own engine; not configured when the audit is switched off."""
 
     def check() -> CheckResult:
-        if not database_url:
-            return CheckResult(NOT_CONFIGURED, "DATABASE_URL is not set")
-        try:
-            import sqlalchemy  # noqa: PLC0415
-        except ImportError:
-            sqlalchemy = None
-        if sqlalchemy is not None:
-            url = database_url
-            if url.startswith(("postgresql://", "postgres://")):
-                url = "postgresql+psycopg://" + url.split("://", 1)[1]
-            connect_args = {"connect_timeout": int(max(1, timeout_s))} if url.startswith("postgresql") else {}
-            try:
-                engine = sqlalchemy.create_engine(url, connect_args=connect_args)
-            except (ImportError, ModuleNotFoundError) as exc:
-                return CheckResult(NOT_CONFIGURED, f"database driver missing: {exc}")
-            try:
-                with engine.connect() as conn:
-                    conn.execute(sqlalchemy.text("SELECT 1"))
-            finally:
-                engine.dispose()
-            return CheckResult(OK)
-        try:
-            import psycopg  # noqa: PLC0415
-        except ImportError:
-            return CheckResult(NOT_CONFIGURED, "no database driver installed (sqlalchemy or psycopg)")
-        if not database_url.startswith(("postgresql://", "postgres://")):
-            return CheckResult(NOT_CONFIGURED, "psycopg checks postgresql:// URLs only")
-        with psycopg.connect(database_url, connect_timeout=int(max(1, timeout_s))) as conn:
-            conn.execute("SELECT 1")
+        if not settings.audit:
+            return CheckResult(NOT_CONFIGURED, "the audit is switched off (TASKPLATFORM_AUDIT=0)")
+        from sqlalchemy import text  # noqa: PLC0415
+
+        from taskplatform.audit import db  # noqa: PLC0415
+
+        with db.get_engine(db.database_url(settings.database_url)).connect() as conn:
+            conn.execute(text("SELECT 1"))
         return CheckResult(OK)
 
     return check

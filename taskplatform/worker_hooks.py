@@ -80,11 +80,10 @@ def _enable_multiprocess_metrics(configured: Path | None) -> None:
 
 
 def register_health_checks(settings: Any) -> None:
-    """broker (Redis PING), database (SELECT 1, or not configured) and worker (consuming)."""
+    """broker (Redis PING), database (SELECT 1 on the audit's) and worker (consuming)."""
     if settings.redis_url:
         health.register("broker", health.redis_check(settings.redis_url))
-    # A database check registered by the audit (on its own engine) wins over this generic one.
-    health.register("database", health.database_check(settings.database_url), replace=False)
+    health.register("database", health.database_check(settings))
     health.register("worker", worker_check)
 
 

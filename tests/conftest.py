@@ -84,9 +84,6 @@ def engine_app(redis_server: RedisServer):
     worker = InProcessWorker(app, concurrency=8).start()
     yield app
     worker.stop()
-    from taskplatform.audit.spool import close_sinks
-
-    close_sinks(redis_url=redis_server.url, flush_s=10.0)
     close_connections(app)
 
 
@@ -142,9 +139,6 @@ def e2e_stack() -> Iterator[dict]:
             os.killpg(p.pid, 9)
             p.wait(5)
     log.close()
-    from taskplatform.audit.spool import close_sinks
-
-    close_sinks(redis_url=server.url, flush_s=10.0)
     close_connections(app)
     server.stop()
 

@@ -117,7 +117,7 @@ def test_missing_secret_fails_the_step_naming_it(client, audit):
     with pytest.raises(FlowFailed, match=r"secret 'NOT_THERE' is not set"):
         run.wait(timeout=30)
     row = audit.run(run.run_id)
-    assert row["steps"][0]["status"] == "failed" and row["steps"][0]["error_type"] == "PermanentError"
+    assert row["steps"][0]["status"] == "dead_lettered" and row["steps"][0]["error_type"] == "PermanentError"
 
 
 @pytest.mark.e2e

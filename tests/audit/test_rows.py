@@ -104,7 +104,7 @@ def test_failed_step_and_its_downstream(client, audit):
     row, by_step = _check_run_matches_redis(client, audit, run)
     assert row["status"] == "failed" and row["failed_step"] == "bad" and "kaput" in row["error_message"]
     bad = by_step["bad"]
-    assert [(r["attempt"], r["status"], r["error_type"]) for r in bad] == [(1, "failed", "ValueError")]
+    assert [(r["attempt"], r["status"], r["error_type"]) for r in bad] == [(1, "dead_lettered", "ValueError")]
     assert "ValueError: kaput" in bad[0]["error_message"]
     assert by_step["after"][0]["status"] == "upstream_failed" and by_step["after"][0]["attempt"] == 0
     assert "bad" in by_step["after"][0]["error_message"]
