@@ -29,8 +29,10 @@ def create_app(main: str = "taskplatform", *, set_as_current: bool = True) -> Ce
     # connects or reads the environment now.
     from taskplatform import instrumentation, worker_hooks  # noqa: F401, PLC0415
     from taskplatform.audit import handlers as audit_handlers  # noqa: PLC0415
+    from taskplatform.audit import redrive  # noqa: PLC0415
 
     audit_handlers.connect()
+    redrive.register()  # the recovery sweep re-drives runs Redis lost from the audit
     return celery_app
 
 

@@ -112,21 +112,47 @@ class Run:
 
         return control.resume(self.client.engine, self.run_id)
 
+    def _after_loss(self, lost_since: float, deadline: float | None,
+                    timeout: float | None) -> dict[str, Any] | None:
+        """The run's Redis state is gone: its outputs if the audit has it succeeded, None to
+        keep waiting while the recovery sweep may rebuild it from the audit; or raises
+        (FlowFailed with the audit's reason, RunLost, RunTimeout)."""
+        from taskplatform.audit.archive import TERMINAL, archived_run  # noqa: PLC0415
+
+        settings = self.client.engine.settings
+        archived = archived_run(settings, self.run_id)
+        if archived is not None and archived.status() in TERMINAL:
+            return archived.wait()  # the outputs, or FlowFailed
+        now = time.monotonic()
+        if archived is None or now - lost_since > settings.lost_run_grace_s:
+            raise RunLost(self.run_id)
+        if deadline is not None and now > deadline:
+            raise RunTimeout(self.run_id, timeout or 0.0, "running")
+        return None
+
     def wait(self, timeout: float | None = None) -> dict[str, Any]:
         """Block until the run ends; return its outputs or raise FlowFailed (or RunTimeout).
 
-        Rides out a Redis restart for up to ``WAIT_REDIS_OUTAGE_S`` (then BackendError); raises
-        RunLost if the run's state vanished from Redis while waiting, so no caller waits forever.
+        Rides out a Redis restart for up to ``WAIT_REDIS_OUTAGE_S`` (then BackendError). If the
+        run's state vanished from Redis, it waits while the audit has the run running (the
+        recovery sweep rebuilds it from there) for up to ``lost_run_grace_s``, then raises
+        RunLost: no caller waits forever.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         store = self.client.engine.store
         outage_since: float | None = None
+        lost_since: float | None = None
         while True:
             try:
                 state = self._state()
-                outage_since = None
+                outage_since = lost_since = None
             except RunNotFound:
-                raise RunLost(self.run_id) from None
+                lost_since = lost_since or time.monotonic()
+                outputs = self._after_loss(lost_since, deadline, timeout)
+                if outputs is not None:
+                    return outputs
+                time.sleep(0.5)
+                continue
             except BackendError:
                 now = time.monotonic()
                 outage_since = outage_since or now

@@ -136,9 +136,9 @@ def recover_run(engine: Engine, run_id: str, stale_after_s: float, report: Recov
     if not state or "run_id" not in state:
         report.lost.append(run_id)
         engine.forget_spec(run_id)
+        store.forget_active(run_id)  # before the handlers: one may rebuild the run under this id
         for handler in _lost_run_handlers:
             handler(engine, run_id)
-        store.forget_active(run_id)
         return
     if state.get("status") in ("succeeded", "failed", "canceled"):
         store.forget_active(run_id)

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
         return not self.redis_url
 
     @property
+    def lost_run_grace_s(self) -> float:
+        """How long wait() waits for the recovery sweep to rebuild a run Redis lost."""
+        return max(10.0, 3 * self.recovery_interval_s + self.recovery_stale_after_s)
+
+    @property
     def max_countdown_s(self) -> int:
         """Longest countdown we publish: well inside the visibility timeout."""
         return max(1, min(defaults.MAX_COUNTDOWN_S, self.visibility_timeout_s // 2))

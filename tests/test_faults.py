@@ -407,16 +407,37 @@ def test_redis_restarted_with_aof_mid_run_the_runs_complete(http):
         s.close()
 
 
-def test_redis_restarted_without_persistence_no_client_waits_forever(http):
-    from taskplatform.errors import RunLost
-
-    s = Stack("nopersist", beat=False)
+def test_redis_restarted_without_persistence_the_runs_are_driven_on_from_the_audit(http):
+    s = Stack("nopersist")  # with beat: its sweep rebuilds lost runs from the audit
     try:
         runs = [s.client.submit(_redis_flow(http.url)) for _ in range(5)]
         wait_until(lambda: sum(http.hits[f"{r.run_id}:s1"] for r in runs) >= 2, 30, "runs to be under way")
         s.server.stop(keep_dir=True)
         down_at = time.monotonic()
         s.server.start()  # no AOF, no RDB: every key is gone
+        for run in runs:
+            run.wait(timeout=90)  # waits while the audit has it running; the sweep rebuilds it
+        print(f"[redis lost] every run finished {time.monotonic() - down_at:.1f}s after the restart, "
+              "rebuilt from the audit")
+        for run in runs:  # every side effect exactly once (the server dedups by Idempotency-Key)
+            assert all(http.effects[f"{run.run_id}:s{i}"] == 1 for i in range(6)), run.run_id
+            assert s.client.engine.store.run_state(run.run_id).get("restored_from") == "audit"
+        assert s.workers.alive()
+    finally:
+        s.close()
+
+
+def test_redis_restarted_without_persistence_and_no_audit_no_client_waits_forever(http, monkeypatch):
+    from taskplatform.errors import RunLost
+
+    monkeypatch.setenv("TASKPLATFORM_AUDIT", "0")  # workers and client: nothing to rebuild from
+    s = Stack("nopersist-noaudit", beat=False)
+    try:
+        runs = [s.client.submit(_redis_flow(http.url)) for _ in range(5)]
+        wait_until(lambda: sum(http.hits[f"{r.run_id}:s1"] for r in runs) >= 2, 30, "runs to be under way")
+        s.server.stop(keep_dir=True)
+        down_at = time.monotonic()
+        s.server.start()
         for run in runs:
             with pytest.raises(RunLost) as err:
                 run.wait(timeout=60)
