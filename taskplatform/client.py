@@ -223,6 +223,7 @@ class Client:
             "user_id": user_id,
             "correlation_id": correlation_id or run_id,
             "created_at": datetime.fromtimestamp(now, timezone.utc).isoformat(),
+            "deployment": self.engine.settings.deployment,
         }
         spec_json = {"flow": model.to_spec(), "inputs": resolved, "run": run_ctx}
         engine = self.engine

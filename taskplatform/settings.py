@@ -44,6 +44,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("TASKPLATFORM_RECOVERY_STALE_AFTER_S", "recovery_stale_after_s"),
     )
     audit: bool = Field(True, validation_alias=AliasChoices("TASKPLATFORM_AUDIT", "audit"))
+    # Names this platform's Redis in the audit: recovery rebuilds only its own lost runs when
+    # several deployments (or test stacks) share one audit database.
+    deployment: str = Field(
+        "default", min_length=1, validation_alias=AliasChoices("TASKPLATFORM_DEPLOYMENT", "deployment")
+    )
     secrets_file: Path | None = Field(
         None, validation_alias=AliasChoices("TASKPLATFORM_SECRETS_FILE", "secrets_file")
     )

@@ -112,7 +112,7 @@ def e2e_stack() -> Iterator[dict]:
 
     server = RedisServer().start()
     env = {**os.environ, "REDIS_URL": server.url, "TASKPLATFORM_TEST_REDIS": server.url,
-           "PYTHONPATH": str(ROOT), "EXECUTOR_METRICS_PORT": "0"}
+           "PYTHONPATH": str(ROOT), "EXECUTOR_METRICS_PORT": "0", "TASKPLATFORM_DEPLOYMENT": "e2e"}
     logdir = ROOT / "test-artifacts"
     logdir.mkdir(exist_ok=True)
     log = open(logdir / "e2e-worker.log", "ab")  # noqa: SIM115
@@ -127,7 +127,7 @@ def e2e_stack() -> Iterator[dict]:
     ]
     app = create_app("taskplatform-e2e", set_as_current=False)
     configure(app, Settings(redis_url=server.url, flows_dir=ROOT / "flows",
-                            database_url=os.environ["DATABASE_URL"]))
+                            database_url=os.environ["DATABASE_URL"], deployment="e2e"))
     _wait_for_workers(app, len(procs))
     yield {"app": app, "server": server, "procs": procs, "env": env}
     for p in procs:

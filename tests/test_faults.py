@@ -35,11 +35,11 @@ TUNING = {
 }
 
 
-def _settings(url: str):
+def _settings(url: str, **extra):
     from taskplatform.settings import Settings
 
     return Settings(redis_url=url, flows_dir=ROOT / "flows", lease_ttl_s=3, visibility_timeout_s=10,
-                    recovery_interval_s=2, recovery_stale_after_s=5)
+                    recovery_interval_s=2, recovery_stale_after_s=5, **extra)
 
 
 class Stack:
@@ -52,12 +52,12 @@ class Stack:
         LOGDIR.mkdir(exist_ok=True)
         self.server = RedisServer(appendonly=appendonly).start()
         self.env = {**os.environ, "REDIS_URL": self.server.url, "TASKPLATFORM_TEST_REDIS": self.server.url,
-                    "PYTHONPATH": str(ROOT), **TUNING}
+                    "PYTHONPATH": str(ROOT), "TASKPLATFORM_DEPLOYMENT": f"faults-{name}", **TUNING}
         self.log = LOGDIR / f"faults-{name}.log"
         self.workers = Workers(self.env, self.log, name=name).start()
         self.beat = Beat(self.env, self.log, self.server.dir) if beat else None
         self.app = create_app(f"faults-{name}", set_as_current=False)
-        configure(self.app, _settings(self.server.url))
+        configure(self.app, _settings(self.server.url, deployment=f"faults-{name}"))
         self.client = Client(self.app, flows_dir=ROOT / "flows")
         wait_for_workers(self.app)
 

@@ -103,7 +103,7 @@ def test_a_run_whose_redis_state_vanished_is_reported_lost_and_handed_to_the_hoo
                                                              "with": {"duration": "PT30S"}}}})
         client.engine.redis.delete(f"run:{run.run_id}:state")  # what a restart without AOF leaves
         report = recovery.recover(client.engine)
-        assert run.run_id in report.lost and seen == [run.run_id]
+        assert run.run_id in report.lost and run.run_id in seen  # (other tests' runs may be too)
         assert run.run_id not in client.engine.store.active_runs()
         with pytest.raises(RunLost, match="vanished from Redis"):
             run.wait(timeout=5)

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 class AuditRunSource:
-    """Runs the audit still has as ``running``."""
+    """Runs the audit still has as ``running``, of this deployment (``TASKPLATFORM_DEPLOYMENT``)."""
 
     name = "audit"
 
@@ -39,7 +39,13 @@ class AuditRunSource:
         if not engine.settings.audit:
             return []
         url = db.database_url(engine.settings.database_url)
-        return [row["run_id"] for row in reads.running_runs(url=url)]
+        return [row["run_id"] for row in reads.running_runs(url=url)
+                if _deployment(row) == engine.settings.deployment]
+
+
+def _deployment(row: dict[str, Any]) -> str:
+    run_ctx = (row.get("execution_context") or {}).get("run") or {}
+    return str(run_ctx.get("deployment") or "default")
 
 
 def redrive(engine: Engine, run_id: str) -> str:
@@ -51,7 +57,8 @@ def redrive(engine: Engine, run_id: str) -> str:
     if not engine.settings.audit:
         return "skipped"
     row = reads.load_run(run_id, url=db.database_url(engine.settings.database_url))
-    if row is None or row["status"] != RunStatus.RUNNING.value:
+    if row is None or row["status"] != RunStatus.RUNNING.value \
+            or _deployment(row) != engine.settings.deployment:
         return "skipped"
     context = row.get("execution_context") or {}
     age_s = (datetime.now(UTC) - row["created_at"]).total_seconds()

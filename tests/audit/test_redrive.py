@@ -7,6 +7,8 @@ import time
 import pytest
 
 from taskplatform import recovery
+from taskplatform.audit.redrive import AuditRunSource, redrive
+from taskplatform.engine import Engine
 from taskplatform.errors import FlowFailed
 
 
@@ -49,6 +51,9 @@ def test_a_lost_run_is_rebuilt_from_the_audit_and_settled_steps_do_not_run_again
     run = client.submit(flow)
     _until_audited(audit, run.run_id, "a", "succeeded")
     _lose(client, run.run_id)
+    other = Engine(client.app, client.engine.settings.model_copy(update={"deployment": "elsewhere"}))
+    assert run.run_id not in AuditRunSource().run_ids(other)  # another platform's run: not ours
+    assert redrive(other, run.run_id) == "skipped"
 
     report = recovery.recover(client.engine)
     assert run.run_id in report.lost
