@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import ctypes
+import gc
 import json
 import os
 import platform
@@ -228,10 +228,13 @@ def run_taskplatform(args: argparse.Namespace, server: RedisServer, sizes: Sizes
     from taskplatform.settings import Settings  # noqa: PLC0415
 
     app = create_app("taskplatform-bench", set_as_current=False)
-    configure(app, Settings(redis_url=server.url))
+    # The audit is off unless --audit: this compares the engine with bare Celery, like for like
+    # (bench/audit_bench.py measures what the audit adds, on Postgres).
+    audit = "1" if args.audit else "0"
+    configure(app, Settings(redis_url=server.url, audit=args.audit))
     client = Client(app)
     env = {**os.environ, "REDIS_URL": server.url, "PYTHONPATH": str(ROOT),
-           measure.ENV: server.url}
+           measure.ENV: server.url, "TASKPLATFORM_AUDIT": audit, "EXECUTOR_METRICS_PORT": "0"}
     worker = Worker("bench-tp", "taskplatform", "io,cpu,plan", env, args.pool, args.concurrency)
     out: dict[str, Any] = {}
     try:
@@ -271,7 +274,8 @@ def run_taskplatform(args: argparse.Namespace, server: RedisServer, sizes: Sizes
         out["fanout"] = {"seconds": t1 - t0, "submit_seconds": t_sub - t0,
                          "steps_per_s": len(needs) / (t1 - t0), "largest_message": msg,
                          "latency": {
-                             "members": percentiles(dispatch_latencies(details, needs, lambda s: s != "join")),
+                             "members": percentiles(
+                                 dispatch_latencies(details, needs, lambda s: s != "join")),
                              "join": percentiles(dispatch_latencies(details, needs, lambda s: s == "join")),
                          }}
         log(f"  tp fan-out {args.fanout}: {t1 - t0:.2f}s")
@@ -380,7 +384,7 @@ def run_bare(args: argparse.Namespace, server: RedisServer, sizes: Sizes,
                 times.append(node.get(timeout=10)["t"])
                 node = node.parent
             times.reverse()
-            out["chain"]["latency"] = percentiles([b - a for a, b in zip(times, times[1:])])
+            out["chain"]["latency"] = percentiles([b - a for a, b in zip(times, times[1:], strict=False)])
         log(f"  bare chain {args.chain}: {t1 - t0:.2f}s")
     finally:
         worker.stop()
@@ -392,9 +396,9 @@ def run_bare(args: argparse.Namespace, server: RedisServer, sizes: Sizes,
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     line = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
+                                   for i, (c, w) in enumerate(zip(cells, widths, strict=False)))
     return "\n".join([line(header), line(["-" * w for w in widths]), *[line(r) for r in rows]])
 
 
@@ -415,8 +419,9 @@ def report(result: dict[str, Any]) -> str:
                      _f(t["steps_per_s"], "{:.0f}"), _f(b["steps_per_s"], "{:.0f}"),
                      _f(t["submit_seconds"], "{:.3f}"), _f(b["submit_seconds"], "{:.3f}")])
     d = tp["ndag"]
-    rows.append([f"N-DAG {d['width']}x{d['layers']} ({d['steps']} steps)", _f(d["seconds"]), "-", "-", "-", "-",
-                 _f(d["steps_per_s"], "{:.0f}"), "-", _f(d["submit_seconds"], "{:.3f}"), "-"])
+    rows.append([f"N-DAG {d['width']}x{d['layers']} ({d['steps']} steps)", _f(d["seconds"]),
+                 "-", "-", "-", "-", _f(d["steps_per_s"], "{:.0f}"), "-",
+                 _f(d["submit_seconds"], "{:.3f}"), "-"])
     out = [f"taskplatform vs bare Celery: pool={c['pool']} concurrency={c['concurrency']}, "
            f"{c['cpus']} CPU(s), one private Redis ({c['redis']})", "",
            table(rows, ["shape", "tp s", "bare s", "tp/bare", "tp flows/s", "bare flows/s",
@@ -462,6 +467,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--chain", type=int, help="chain length (default 300, --quick 100)")
     p.add_argument("--dag-width", type=int, default=4, help="N-DAG width (default 4)")
     p.add_argument("--dag-layers", type=int, default=50, help="N-DAG layers (default 50)")
+    p.add_argument("--audit", action="store_true",
+                   help="audit on for taskplatform (DATABASE_URL, else the SQLite default)")
     p.add_argument("--bare-events", action="store_true",
                    help="bare Celery sends task events too, like taskplatform's config")
     p.add_argument("--timeout", type=float, help="longest wait for one shape, s (default 600, --quick 60)")
@@ -522,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"pool": args.pool, "concurrency": args.concurrency, "cpus": os.cpu_count(),
                    "flows": args.flows, "fanout": args.fanout, "chain": args.chain,
                    "dag_width": args.dag_width, "dag_layers": args.dag_layers, "quick": args.quick,
-                   "bare_events": args.bare_events, "redis": f"redis {redis_version}, unix socket",
+                   "bare_events": args.bare_events, "audit": args.audit,
+                   "redis": f"redis {redis_version}, unix socket",
                    "python": platform.python_version(), "celery": celery.__version__,
                    "kombu": kombu.__version__},
         "taskplatform": tp,

@@ -174,7 +174,7 @@ def _timed_import(registry: Registry, label: str, load: Any) -> None:
     started = time.perf_counter()
     try:
         registry.add_module(load())
-    except Exception as exc:  # a broken plug-in must not take the others down
+    except Exception as exc:  # noqa: BLE001 - a broken plug-in must not take the others down
         log.error("connector %s failed to load: %s: %s", label, type(exc).__name__, exc)
         registry.broken[label] = f"{type(exc).__name__}: {exc}"
     finally:

@@ -28,7 +28,7 @@ def parse_duration(text: str) -> float:
     except (isodate.ISO8601Error, ValueError, TypeError) as exc:
         raise ValueError(f"not an ISO 8601 duration: {text!r} (e.g. PT30S, PT5M, P1D)") from exc
     if isinstance(value, isodate.Duration):  # has months or years: relative to now
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         try:
             seconds = ((now + value) - now).total_seconds()
         except ValueError as exc:  # fractional months or years

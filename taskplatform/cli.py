@@ -146,8 +146,8 @@ def _follow(run: Any, timeout: float | None) -> None:
                 seen[sid] = shown
                 attempt = f" (attempt {view.attempts})" if view.attempts > 1 else ""
                 err = f"  {view.error}" if view.error and view.status not in ("succeeded",) else ""
-                click.echo(f"  {STATUS_MARK.get(view.status, '?')} {sid:<{width}}  {view.status}{attempt}{err}",
-                           err=True)
+                mark = STATUS_MARK.get(view.status, "?")
+                click.echo(f"  {mark} {sid:<{width}}  {view.status}{attempt}{err}", err=True)
         if run.status() in ("succeeded", "failed", "canceled"):
             return
         if deadline is not None and time.monotonic() > deadline:
@@ -159,8 +159,10 @@ def _follow(run: Any, timeout: float | None) -> None:
 @click.argument("flow_ref", metavar="NAME_OR_PATH")
 @click.option("--input", "-i", "pairs", multiple=True, metavar="KEY=VALUE",
               help="An input (repeatable); typed by the flow's declaration.")
-@click.option("--inputs-file", type=click.Path(path_type=Path, dir_okay=False), help="Inputs as a JSON object.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: run_id, status, outputs, steps.")
+@click.option("--inputs-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Inputs as a JSON object.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: run_id, status, outputs, steps.")
 @click.option("--no-wait", is_flag=True, help="Submit and return at once.")
 @click.option("--timeout", type=float, default=None, metavar="S", help="Give up waiting after S seconds.")
 @click.option("--run-id", default=None, help="Use this run id (submitting an existing id is a no-op).")
@@ -398,7 +400,8 @@ def resume(run_id: str, wait: bool, timeout: float | None) -> None:
 
 @main.command()
 @click.option("--stale-after", type=float, default=None, metavar="S",
-              help="Re-launch ready steps unclaimed for S seconds (default TASKPLATFORM_RECOVERY_STALE_AFTER_S).")
+              help="Re-launch ready steps unclaimed for S seconds "
+                   "(default TASKPLATFORM_RECOVERY_STALE_AFTER_S).")
 @click.option("--json", "as_json", is_flag=True)
 def recover(stale_after: float | None, as_json: bool) -> None:
     """Find stuck runs (dead workers, lost messages, unfinished runs) and drive them on.
@@ -477,7 +480,8 @@ def dlq_replay(entry_id: str | None, flow: str | None) -> None:
     """
     if (entry_id is None) == (flow is None):
         _fail("give an entry id or --flow NAME", RET_USAGE)
-    from taskplatform.errors import RunNotFound as _RunNotFound, RunStateError  # noqa: PLC0415
+    from taskplatform.errors import RunNotFound as _RunNotFound  # noqa: PLC0415
+    from taskplatform.errors import RunStateError
 
     with _remote_client() as client:
         ids = [entry_id] if entry_id else [e["id"] for e in client.engine.dlq.list(flow=flow, kind="step")]

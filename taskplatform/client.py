@@ -6,7 +6,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +156,8 @@ class Run:
             except BackendError:
                 now = time.monotonic()
                 outage_since = outage_since or now
-                if now - outage_since > defaults.WAIT_REDIS_OUTAGE_S or (deadline is not None and now > deadline):
+                if now - outage_since > defaults.WAIT_REDIS_OUTAGE_S \
+                        or (deadline is not None and now > deadline):
                     raise
                 time.sleep(0.5)
                 continue
@@ -222,7 +223,7 @@ class Client:
             "tenant_id": tenant_id,
             "user_id": user_id,
             "correlation_id": correlation_id or run_id,
-            "created_at": datetime.fromtimestamp(now, timezone.utc).isoformat(),
+            "created_at": datetime.fromtimestamp(now, UTC).isoformat(),
             "deployment": self.engine.settings.deployment,
         }
         spec_json = {"flow": model.to_spec(), "inputs": resolved, "run": run_ctx}

@@ -81,7 +81,8 @@ def _advance(engine: Engine, spec: RunSpec, ready: Iterable[str], settled_count:
         skipped = [n for n in step.needs if need_status[n] == StepStatus.SKIPPED.value]
         outcome: StepStatus | None = None
         if failed:
-            outcome, why = StepStatus.UPSTREAM_FAILED, f"upstream step(s) did not succeed: {', '.join(failed)}"
+            outcome = StepStatus.UPSTREAM_FAILED
+            why = f"upstream step(s) did not succeed: {', '.join(failed)}"
         elif skipped and not step.has_when:
             outcome, why = StepStatus.SKIPPED, f"upstream step(s) skipped: {', '.join(skipped)}"
         if outcome is None and canceled is None:

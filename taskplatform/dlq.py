@@ -117,7 +117,7 @@ class DeadLetters:
                 if raw is None:
                     continue
                 entry = json.loads(raw)
-                if (flow is None or entry.get("flow") == flow) and (kind is None or entry.get("kind") == kind):
+                if flow in (None, entry.get("flow")) and kind in (None, entry.get("kind")):
                     out.append(entry)
                     if len(out) >= limit:
                         return out

@@ -125,7 +125,7 @@ def queue_depths(engine: Engine) -> dict[str, int]:
     pipe = engine.redis.pipeline(transaction=False)
     for q in defaults.WORK_QUEUES:
         pipe.llen(f"{prefix}{q}")
-    return dict(zip(defaults.WORK_QUEUES, (int(n) for n in pipe.execute())))
+    return dict(zip(defaults.WORK_QUEUES, (int(n) for n in pipe.execute()), strict=False))
 
 
 def recover_run(engine: Engine, run_id: str, stale_after_s: float, report: RecoveryReport,

@@ -91,7 +91,7 @@ def parse_inputs(connector: Connector, resolved: dict[str, Any], where: str) -> 
         return connector.parse_inputs(resolved)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{where}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else f"{where}: {e['msg']}"
+            f"{'.'.join([where, *(str(p) for p in e['loc'])])}: {e['msg']}"
             for e in exc.errors(include_url=False)
         )
         raise PermanentError(f"inputs do not fit {connector.name}: {problems}") from None
@@ -107,7 +107,6 @@ def run_step(task: Task, connector: Connector, run_id: str, step_id: str) -> dic
         log.error("run %s has no state in Redis (expired or never submitted); dropping step %s",
                   run_id, step_id)
         return {"status": "lost"}
-    plan_step = spec.plan.steps[step_id]
     lease_s = engine.settings.lease_ttl_s
     token = uuid.uuid4().hex
     claim = engine.store.claim(run_id, step_id, token, lease_s)

@@ -216,7 +216,7 @@ class RunStore:
             return {}
         values = self.r.mget([self.status_key(run_id, s) for s in ids])
         out = {}
-        for sid, v in zip(ids, values):
+        for sid, v in zip(ids, values, strict=False):
             text = _s(v) if v is not None else StepStatus.PENDING.value
             out[sid] = StepStatus.RUNNING.value if text.startswith("running:") else text
         return out
@@ -229,7 +229,8 @@ class RunStore:
         ids = list(step_ids)
         if not ids:
             return {}
-        return {sid: json.loads(v) for sid, v in zip(ids, self.r.hmget(key, ids)) if v is not None}
+        values = self.r.hmget(key, ids)
+        return {sid: json.loads(v) for sid, v in zip(ids, values, strict=True) if v is not None}
 
     def save_output(self, run_id: str, step_id: str, output_json: str) -> None:
         key = self.key(defaults.KEY_RUN_OUTPUTS, run_id)
@@ -282,7 +283,7 @@ class RunStore:
         if not ids:
             return {}
         vals = self.r.hmget(self.key(defaults.KEY_RUN_REMAINING, run_id), ids)
-        return {sid: int(v) if v is not None else 0 for sid, v in zip(ids, vals)}
+        return {sid: int(v) if v is not None else 0 for sid, v in zip(ids, vals, strict=False)}
 
     def finish(self, run_id: str, fields: dict[str, Any]) -> bool:
         """Set the run's terminal fields once; True only for the caller that did it."""
@@ -305,7 +306,7 @@ class RunStore:
         """The status keys as stored (``running:<token>`` included; None when absent)."""
         ids = list(step_ids)
         values = self.r.mget([self.status_key(run_id, s) for s in ids]) if ids else []
-        return {sid: (_s(v) if v is not None else None) for sid, v in zip(ids, values)}
+        return {sid: (_s(v) if v is not None else None) for sid, v in zip(ids, values, strict=False)}
 
     def active_runs(self, limit: int = 10_000) -> list[str]:
         """Runs not yet terminal, oldest first (what recovery looks at)."""

@@ -272,7 +272,8 @@ def _check_expressions(value: Any, loc: Loc, flow: Flow, allowed_steps: set[str]
         for root, name in sorted(expressions.references(expr)):
             if root == expressions.ALL:
                 if allowed_steps is not None:
-                    problems.add(loc, f"expression {expr.source!r} reads the whole context ('@'); name what it needs")
+                    problems.add(loc, f"expression {expr.source!r} reads the whole context ('@'); "
+                                      "name what it needs")
                 continue
             if root == SECRETS_ROOT:
                 if not allow_secrets:

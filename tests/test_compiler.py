@@ -35,7 +35,7 @@ def test_messages_carry_ids_and_route_by_queue():
               "timeout_s": 5},
     })
     plan = compile_flow(flow, default_registry())
-    assert plan.steps["h"].queue == "io" and plan.steps["t"].queue == "cpu" and plan.steps["p"].queue == "plan"
+    assert [plan.steps[s].queue for s in ("h", "t", "p")] == ["io", "cpu", "plan"]
     sig = plan.steps["p"].signature("run")
     assert sig.task == "connectors.python.call" and sig.args == ("run", "p")
     assert sig.options["soft_time_limit"] == 5 and sig.options["time_limit"] == 20
@@ -52,7 +52,8 @@ def test_retry_policy_merges_step_over_flow_over_engine():
 
 
 def test_topological_order_and_descendants():
-    flow = _flow({"d": {**S, "needs": ["b", "c"]}, "b": {**S, "needs": ["a"]}, "c": {**S, "needs": ["a"]}, "a": S})
+    flow = _flow({"d": {**S, "needs": ["b", "c"]}, "b": {**S, "needs": ["a"]},
+                  "c": {**S, "needs": ["a"]}, "a": S})
     plan = compile_flow(flow, default_registry())
     pos = {s: i for i, s in enumerate(plan.order)}
     assert pos["a"] < pos["b"] < pos["d"] and pos["c"] < pos["d"]

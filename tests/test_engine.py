@@ -10,7 +10,6 @@ import time
 import pytest
 from celery.signals import before_task_publish
 
-from taskplatform import dispatch
 from taskplatform.errors import FlowFailed, FlowValidationError, RunNotFound
 
 
@@ -103,8 +102,9 @@ def test_when_false_skips_and_skip_propagates_unless_when_is_given(client):
 def test_outputs_reach_dependents_with_types_kept(client):
     f = flow("types", {
         "a": {"uses": "transform.set", "with": {"values": {"n": 3, "l": [1, 2], "s": "x", "none": None}}},
-        "b": call("echo", needs=["a"], kwargs={"n": "${{ steps.a.output.n }}", "l": "${{ steps.a.output.l }}",
-                                                "text": "n=${{ steps.a.output.n }} l=${{ steps.a.output.l }}"}),
+        "b": call("echo", needs=["a"], kwargs={
+            "n": "${{ steps.a.output.n }}", "l": "${{ steps.a.output.l }}",
+            "text": "n=${{ steps.a.output.n }} l=${{ steps.a.output.l }}"}),
     }, outputs={"b": "${{ steps.b.output }}"})
     out = client.submit(f).wait(timeout=30)
     assert out == {"b": {"n": 3, "l": [1, 2], "text": "n=3 l=[1,2]"}}

@@ -1,5 +1,9 @@
 """The public names are a contract: adding one is a decision, removing one breaks users."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import taskplatform
 
 
@@ -35,10 +39,8 @@ def test_statuses_are_the_contract_values():
 
 def test_importing_reads_no_environment(monkeypatch):
     # The app is configured lazily: importing taskplatform must not need REDIS_URL.
-    import subprocess
-    import sys
-
     env = {"PATH": "/usr/bin:/bin"}
+    root = Path(__file__).resolve().parent.parent
     done = subprocess.run([sys.executable, "-c", "import taskplatform; print(len(taskplatform.__all__))"],
-                          env=env, capture_output=True, text=True, cwd=str(__import__("pathlib").Path(__file__).parent.parent))
+                          env=env, capture_output=True, text=True, cwd=str(root))
     assert done.returncode == 0, done.stderr

@@ -14,7 +14,12 @@ import pytest
 
 from taskplatform import recovery, secrets, signals
 from taskplatform.errors import (
-    DeadLetterNotFound, FlowFailed, PermanentError, RunLost, RunStateError, TransientError,
+    DeadLetterNotFound,
+    FlowFailed,
+    PermanentError,
+    RunLost,
+    RunStateError,
+    TransientError,
 )
 from taskplatform.flow import RetryPolicy
 from taskplatform.runtime import should_retry

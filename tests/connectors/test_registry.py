@@ -130,8 +130,9 @@ def test_importing_a_connector_module_first_works():
 
 @pytest.mark.parametrize(
     ("typo", "suggestion"),
-    [("http.reqest", "http.request"), ("shell.runn", "shell.run"), ("transform.jmespth", "transform.jmespath"),
-     ("wait.durations", "wait.duration"), ("python.cal", "python.call")],
+    [("http.reqest", "http.request"), ("shell.runn", "shell.run"),
+     ("transform.jmespth", "transform.jmespath"), ("wait.durations", "wait.duration"),
+     ("python.cal", "python.call")],
 )
 def test_unknown_name_suggests_the_closest(typo, suggestion):
     registry = discover()
