@@ -261,53 +261,41 @@ def run_taskplatform(args: argparse.Namespace, server: RedisServer, sizes: Sizes
                               "largest_message": msg}
         log(f"  tp small flows: {n} in {t1 - t0:.2f}s")
 
+        def one_run(flow: dict[str, Any], label: str) -> dict[str, Any]:
+            """Submit ``flow``, wait for it; wall and submit times, rate, message size, latency."""
+            with sizes.section(label) as msg:
+                t0 = time.perf_counter()
+                run = client.submit(flow)
+                t_sub = time.perf_counter()
+                run.wait(args.timeout)
+                t1 = time.perf_counter()
+            details = client.engine.store.step_details(run.run_id)
+            needs = needs_of(flow)
+            return {"seconds": t1 - t0, "submit_seconds": t_sub - t0, "steps": len(needs),
+                    "steps_per_s": len(needs) / (t1 - t0), "largest_message": msg,
+                    "details": details, "needs": needs}
+
         # 2. fan-out with a join
-        flow = fanout_flow(args.fanout)
-        with sizes.section("tp-fanout") as msg:
-            t0 = time.perf_counter()
-            run = client.submit(flow)
-            t_sub = time.perf_counter()
-            run.wait(args.timeout)
-            t1 = time.perf_counter()
-        details = client.engine.store.step_details(run.run_id)
-        needs = needs_of(flow)
-        out["fanout"] = {"seconds": t1 - t0, "submit_seconds": t_sub - t0,
-                         "steps_per_s": len(needs) / (t1 - t0), "largest_message": msg,
-                         "latency": {
-                             "members": percentiles(
-                                 dispatch_latencies(details, needs, lambda s: s != "join")),
-                             "join": percentiles(dispatch_latencies(details, needs, lambda s: s == "join")),
-                         }}
-        log(f"  tp fan-out {args.fanout}: {t1 - t0:.2f}s")
+        r = one_run(fanout_flow(args.fanout), "tp-fanout")
+        details, needs = r.pop("details"), r.pop("needs")
+        r["latency"] = {
+            "members": percentiles(dispatch_latencies(details, needs, lambda s: s != "join")),
+            "join": percentiles(dispatch_latencies(details, needs, lambda s: s == "join")),
+        }
+        out["fanout"] = r
+        log(f"  tp fan-out {args.fanout}: {r['seconds']:.2f}s")
 
         # 3. long chain
-        flow = chain_flow(args.chain)
-        with sizes.section("tp-chain") as msg:
-            t0 = time.perf_counter()
-            run = client.submit(flow)
-            t_sub = time.perf_counter()
-            run.wait(args.timeout)
-            t1 = time.perf_counter()
-        details = client.engine.store.step_details(run.run_id)
-        out["chain"] = {"seconds": t1 - t0, "submit_seconds": t_sub - t0,
-                        "steps_per_s": args.chain / (t1 - t0), "largest_message": msg,
-                        "latency": percentiles(dispatch_latencies(details, needs_of(flow)))}
-        log(f"  tp chain {args.chain}: {t1 - t0:.2f}s")
+        r = one_run(chain_flow(args.chain), "tp-chain")
+        r["latency"] = percentiles(dispatch_latencies(r.pop("details"), r.pop("needs")))
+        out["chain"] = r
+        log(f"  tp chain {args.chain}: {r['seconds']:.2f}s")
 
         # 4. "N"-shaped DAG (no bare Celery equivalent without barriers)
-        flow = ndag_flow(args.dag_width, args.dag_layers)
-        with sizes.section("tp-ndag") as msg:
-            t0 = time.perf_counter()
-            run = client.submit(flow)
-            t_sub = time.perf_counter()
-            run.wait(args.timeout)
-            t1 = time.perf_counter()
-        details = client.engine.store.step_details(run.run_id)
-        out["ndag"] = {"seconds": t1 - t0, "submit_seconds": t_sub - t0, "steps": len(flow["steps"]),
-                       "width": args.dag_width, "layers": args.dag_layers,
-                       "steps_per_s": len(flow["steps"]) / (t1 - t0), "largest_message": msg,
-                       "latency": percentiles(dispatch_latencies(details, needs_of(flow)))}
-        log(f"  tp N-DAG {len(flow['steps'])} steps: {t1 - t0:.2f}s")
+        r = one_run(ndag_flow(args.dag_width, args.dag_layers), "tp-ndag")
+        r["latency"] = percentiles(dispatch_latencies(r.pop("details"), r.pop("needs")))
+        out["ndag"] = {**r, "width": args.dag_width, "layers": args.dag_layers}
+        log(f"  tp N-DAG {r['steps']} steps: {r['seconds']:.2f}s")
     finally:
         worker.stop()
         close_connections(app)  # before the server goes, or the backend's pubsub reconnects at exit

@@ -8,9 +8,8 @@
 from taskplatform import Flow, FlowBuilder
 
 
-def build() -> Flow:
-    b = FlowBuilder("diamond-py", description="diamond, built in Python",
-                    inputs={"x": {"type": "integer", "default": 6}})
+def build(name: str = "diamond-py", description: str = "diamond, built in Python") -> Flow:
+    b = FlowBuilder(name, description=description, inputs={"x": {"type": "integer", "default": 6}})
     start = b.step("start", "transform.set", values={"x": b.input("x")})
     double = b.step("double", "python.call", needs=[start], function="operator:add",
                     args=[start.output("x"), start.output("x")])

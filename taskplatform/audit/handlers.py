@@ -246,6 +246,17 @@ def _settled_ids() -> set[str]:
 # --- Celery task signals ----------------------------------------------------------------------
 
 
+def _audited_step(sender: Any, args: Any) -> tuple[Any, tuple[str, str]] | None:
+    """(engine, (run_id, step_id)) when ``sender`` ran a step of a flow with the audit on."""
+    ids = _step_args(args)
+    if not _is_step_task(sender) or ids is None:
+        return None
+    engine = engine_of(sender)
+    if sink_of(engine) is None:
+        return None
+    return engine, ids
+
+
 @guarded
 def on_task_prerun(sender: Any = None, task_id: str = "", task: Any = None, **_: Any) -> None:
     _settled_ids().discard(task_id)
@@ -274,12 +285,10 @@ def on_task_success(sender: Any = None, result: Any = None, **_: Any) -> None:
 
 @guarded
 def on_task_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
-    ids = _step_args(getattr(request, "args", None))
-    if not _is_step_task(sender) or ids is None:
+    found = _audited_step(sender, getattr(request, "args", None))
+    if found is None:
         return
-    engine = engine_of(sender)
-    if sink_of(engine) is None:
-        return
+    engine, ids = found
     detail = engine.store.step_detail(*ids)
     if detail.get("task_id") != request.id:
         return  # a duplicate turned away by the lease: no attempt of its own
@@ -296,12 +305,10 @@ def on_task_retry(sender: Any = None, request: Any = None, reason: Any = None, *
 def on_task_failure(sender: Any = None, task_id: str = "", exception: BaseException | None = None,
                     args: Any = None, **_: Any) -> None:
     """An error escaped the runtime: Redis trouble, a lost child, a hard time limit."""
-    ids = _step_args(args)
-    if not _is_step_task(sender) or ids is None:
+    found = _audited_step(sender, args)
+    if found is None:
         return
-    engine = engine_of(sender)
-    if sink_of(engine) is None:
-        return
+    engine, ids = found
     detail = dict(engine.store.step_detail(*ids))
     if detail.get("status") in EXECUTED | {"skipped", "upstream_failed"}:
         return  # the step settled before the failure: its row is written
@@ -314,12 +321,10 @@ def on_task_failure(sender: Any = None, task_id: str = "", exception: BaseExcept
 @guarded
 def on_task_revoked(sender: Any = None, request: Any = None, terminated: bool = False,
                     **_: Any) -> None:
-    ids = _step_args(getattr(request, "args", None))
-    if not _is_step_task(sender) or ids is None:
+    found = _audited_step(sender, getattr(request, "args", None))
+    if found is None:
         return
-    engine = engine_of(sender)
-    if sink_of(engine) is None:
-        return
+    engine, ids = found
     detail = dict(engine.store.step_detail(*ids))
     detail["task_id"] = request.id
     detail.setdefault("attempts", 0)
