@@ -197,6 +197,31 @@ def mark_process_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid, os.environ[ENV_MULTIPROC_DIR])
 
 
+class AuditSpoolCollector:
+    """``taskplatform_audit_spool_events``: audit events waiting in Redis for the database.
+
+    It grows while the database is down or the audit writer is stuck; with Redis on
+    ``noeviction`` an unbounded backlog would end in refused writes, so it is watched.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415
+
+        try:
+            n = self.store.r.llen(defaults.KEY_AUDIT_SPOOL.format(prefix=self.store.prefix))
+        except Exception:  # noqa: BLE001 - a scrape must not fail because Redis is away
+            metrics().hook_errors.labels(hook="audit_spool").inc()
+            return
+        yield GaugeMetricFamily("taskplatform_audit_spool_events",
+                                "Audit events waiting in Redis to be written to the database.", value=n)
+
+
 class ActiveRunsCollector:
     """``orchestrator_active_runs``: runs pending or running among the most recent, read at scrape.
 

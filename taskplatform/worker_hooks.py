@@ -122,7 +122,11 @@ def on_worker_ready(sender: Any = None, **_: Any) -> None:
     settings = state.settings
     if settings is None or not settings.metrics_port:
         return
-    from taskplatform.metrics import ActiveRunsCollector, registry_for_serving  # noqa: PLC0415
+    from taskplatform.metrics import (  # noqa: PLC0415
+        ActiveRunsCollector,
+        AuditSpoolCollector,
+        registry_for_serving,
+    )
     from taskplatform.ops_server import OpsServer  # noqa: PLC0415
 
     collectors: tuple[Any, ...] = ()
@@ -130,7 +134,8 @@ def on_worker_ready(sender: Any = None, **_: Any) -> None:
         from taskplatform.engine import Engine  # noqa: PLC0415
 
         store = Engine(sender.app, settings).store  # its own connection pool, for scrapes
-        collectors = (ActiveRunsCollector(store, scan=defaults.ACTIVE_RUNS_SCAN),)
+        collectors = (ActiveRunsCollector(store, scan=defaults.ACTIVE_RUNS_SCAN),
+                      AuditSpoolCollector(store))
     except Exception:  # noqa: BLE001 - metrics without the run gauge beat no metrics
         log.warning("orchestrator_active_runs disabled", exc_info=True)
     try:

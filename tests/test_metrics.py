@@ -142,6 +142,7 @@ def test_metrics_count_every_step_in_every_pool_process(pool, orders, tmp_path):
         assert total(parsed, "orchestrator_flow_runs_processed_total", flow=flow, status=status) == n
         assert total(parsed, "orchestrator_run_execution_seconds_count", flow=flow, status=status) == n
     assert total(parsed, "executor_active_tasks") == 0
+    assert any(name == "taskplatform_audit_spool_events" for name, _labels in parsed)  # served
     for (handler, error_type), n in exp["dead"].items():
         assert total(parsed, "executor_task_dead_letter_count_total", handler=handler,
                      error_type=error_type) == n, (handler, error_type)
@@ -153,3 +154,23 @@ def test_metrics_count_every_step_in_every_pool_process(pool, orders, tmp_path):
         # The samples were written by several pool children and summed by the main process.
         writers = {p.name.rsplit("_", 1)[1] for p in multiproc_dir.glob("counter_*.db")}
         assert len(writers) >= 2, writers
+
+
+def test_audit_spool_gauge_reads_the_backlog_in_redis(redis_server):
+    import redis
+
+    from taskplatform import defaults
+    from taskplatform.metrics import AuditSpoolCollector
+    from taskplatform.state import RunStore
+
+    client = redis.Redis.from_url(redis_server.url)
+    store = RunStore(client, prefix="spooltest:")
+    key = defaults.KEY_AUDIT_SPOOL.format(prefix="spooltest:")
+    client.rpush(key, "e1", "e2", "e3")
+    try:
+        (family,) = list(AuditSpoolCollector(store).collect())
+        assert family.name == "taskplatform_audit_spool_events"
+        assert [s.value for s in family.samples] == [3]
+    finally:
+        client.delete(key)
+        client.close()
