@@ -98,7 +98,7 @@ def client(engine_app):
 
 
 def _clean_runs(r) -> None:
-    for pattern in ("run:*", "runs", "test:*"):
+    for pattern in ("run:*", "runs", "runs:*", "test:*"):
         keys = list(r.scan_iter(match=pattern, count=1000))
         for i in range(0, len(keys), 500):
             r.delete(*keys[i : i + 500])

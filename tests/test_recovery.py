@@ -31,6 +31,11 @@ def _test_redis_env(redis_server, monkeypatch):
     monkeypatch.setenv("TASKPLATFORM_TEST_REDIS", redis_server.url)
 
 
+def _sweep(client, **kwargs):
+    """A recovery sweep over this Redis's runs only (the shared audit may hold other tests' runs)."""
+    return recovery.recover(client.engine, sources=[recovery.RedisRunSource()], **kwargs)
+
+
 def _diamond(name: str = "rec") -> dict:
     def count(key: str, needs: list[str]) -> dict:
         return {"uses": "python.call", "needs": needs,
@@ -55,7 +60,7 @@ def test_a_ready_step_whose_message_was_lost_is_relaunched_in_a_join(client):
     run.wait(timeout=30)
     _stall(client, run.run_id, "d", {"status": "pending", "attempts": 0})
     assert run.status() == "running"
-    report = recovery.recover(client.engine, stale_after_s=0)
+    report = _sweep(client, stale_after_s=0)
     assert report.relaunched == {run.run_id: ["d"]}
     # d ran once before we erased its trace, and once more now; its needs were not re-run.
     assert run.wait(timeout=30) == {"d": 2}
@@ -67,7 +72,7 @@ def test_a_step_whose_lease_expired_with_its_worker_is_relaunched_at_once(client
     run.wait(timeout=30)
     # The worker claimed d and died: its detail says running, its lease key has expired.
     _stall(client, run.run_id, "d", {"status": "running", "attempts": 1, "started_at": time.time()})
-    report = recovery.recover(client.engine)  # default stale_after: a lease expiry needs no wait
+    report = _sweep(client)  # default stale_after: a lease expiry needs no wait
     assert report.relaunched == {run.run_id: ["d"]}
     run.wait(timeout=30)
     assert run.steps()["d"].attempts == 2
@@ -77,9 +82,9 @@ def test_a_fresh_ready_step_is_left_alone_until_stale(client):
     run = client.submit(_diamond())
     run.wait(timeout=30)
     _stall(client, run.run_id, "d", {"status": "pending", "attempts": 0})
-    assert recovery.recover(client.engine, stale_after_s=3600).relaunched == {}
+    assert _sweep(client, stale_after_s=3600).relaunched == {}
     assert run.status() == "running"
-    recovery.recover(client.engine, stale_after_s=0)
+    _sweep(client, stale_after_s=0)
     run.wait(timeout=30)
 
 
@@ -91,12 +96,14 @@ def test_a_run_whose_steps_all_settled_but_never_finished_is_finished(client):
     store.r.hset(state_key, "status", "running")
     store.r.delete(f"run:{run.run_id}:done")
     store.r.zadd("runs:active", {run.run_id: time.time()})
-    report = recovery.recover(client.engine)
+    report = _sweep(client)
     assert report.finished == [run.run_id]
     assert run.wait(timeout=5) == {"d": 1}
 
 
-def test_a_run_whose_redis_state_vanished_is_reported_lost_and_handed_to_the_hooks(client):
+def test_a_run_whose_redis_state_vanished_is_reported_lost_and_handed_to_the_hooks(client, monkeypatch):
+    # Redis alone: with the audit on, its handler would rebuild the run (tests/audit/test_redrive.py).
+    monkeypatch.setattr(client.engine.settings, "audit", False)
     seen: list[str] = []
 
     def handler(engine, run_id: str) -> None:
@@ -107,7 +114,7 @@ def test_a_run_whose_redis_state_vanished_is_reported_lost_and_handed_to_the_hoo
         run = client.submit({"name": "gone", "steps": {"w": {"uses": "wait.duration",
                                                              "with": {"duration": "PT30S"}}}})
         client.engine.redis.delete(f"run:{run.run_id}:state")  # what a restart without AOF leaves
-        report = recovery.recover(client.engine)
+        report = _sweep(client)
         assert run.run_id in report.lost and run.run_id in seen  # (other tests' runs may be too)
         assert run.run_id not in client.engine.store.active_runs()
         with pytest.raises(RunLost, match="vanished from Redis"):
@@ -116,18 +123,17 @@ def test_a_run_whose_redis_state_vanished_is_reported_lost_and_handed_to_the_hoo
         recovery._lost_run_handlers.remove(handler)
 
 
-def test_a_postgres_like_source_plugs_in():
+def test_sources_plug_in_once_by_name(monkeypatch):
     class Source:
-        name = "audit"
+        name = "elsewhere"
 
         def run_ids(self, engine):
             return ["r1"]
 
+    monkeypatch.setattr(recovery, "_sources", list(recovery._sources))  # restored after the test
     recovery.register_run_source(Source())
-    try:
-        assert [s.name for s in recovery._sources] == ["redis", "audit"]
-    finally:
-        recovery._sources[:] = [s for s in recovery._sources if s.name != "audit"]
+    recovery.register_run_source(Source())
+    assert [s.name for s in recovery._sources] == ["redis", "audit", "elsewhere"]  # audit: create_app
 
 
 # --- retry policy -------------------------------------------------------------------------------
