@@ -270,6 +270,28 @@ def test_a_step_that_ignores_its_soft_limit_is_stopped_by_the_hard_limit_and_dea
     print(f"[hard limit] soft 1 s ignored, hard {1 + defaults.HARD_LIMIT_GRACE_S:g} s; "
           f"dead-lettered {took:.1f}s after submit")
     assert took < 60  # 16 s hard limit + lease + sweep, far from the step's 120 s
+    # The audit: the main process's task_failure (hard time limit) ended the attempt's row;
+    # the step's end has a row of its own.
+    rows = _audit_rows(stack, run.run_id)
+    assert [(x["attempt"], x["status"], x["error_type"]) for x in rows if x["status"] == "failed"] \
+        == [(1, "failed", "TimeLimitExceeded")]
+    assert [x["status"] for x in rows][-1] == "dead_lettered"
+    assert not [x for x in rows if x["status"] == "started"]
+
+
+def _audit_rows(stack: Stack, run_id: str) -> list[dict]:
+    """The run's attempt rows in the session's audit database, once the spool is written."""
+    from sqlalchemy import select
+
+    from taskplatform.audit import db
+    from taskplatform.audit.models import task_execution_audit as t
+    from taskplatform.audit.spool import sink_for
+
+    url = db.database_url(os.environ["DATABASE_URL"])
+    assert sink_for(url, stack.server.url).flush(30), "audit spool did not drain"
+    with db.get_engine(url).connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(
+            select(t).where(t.c.run_id == run_id).order_by(t.c.id))]
 
 
 # --- cancel and resume --------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Signal receivers that turn Celery and engine events into audit events.
 
 Celery task signals: ``task_prerun`` (start time), ``task_retry`` (an attempt that will be
-retried, or a deferral), ``task_failure`` (an error that escaped the step runtime, including
-Celery 5.7's main-process failure for lost children and hard time limits), ``task_revoked``,
-``task_success`` (a final status no ``step_settled`` reported). Engine signals: ``step_started``,
+retried, or a deferral; from the main process, with Celery 5.7's ``task_retry_on_worker_lost``,
+an attempt whose pool child died), ``task_failure`` (an error that escaped the step runtime,
+including the main-process failure for hard time limits), ``task_revoked``, ``task_success``
+(a final status no ``step_settled`` reported). Engine signals: ``step_started``,
 ``step_settled`` (every final status, also for steps that never ran), ``run_submitted``,
 ``run_finished``, ``run_resumed``. Every value is masked with :func:`taskplatform.secrets.redact`
 before it is spooled. Receivers are module-level (Celery holds weak references otherwise) and
@@ -20,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from billiard.exceptions import WorkerLostError
 from celery import Celery
 from celery import signals as celery_signals
 
@@ -293,7 +295,13 @@ def on_task_retry(sender: Any = None, request: Any = None, reason: Any = None, *
     if detail.get("task_id") != request.id:
         return  # a duplicate turned away by the lease: no attempt of its own
     status = detail.get("status")
-    if status == RETRYING:
+    lost = getattr(reason, "exc", None)
+    if status == "running" and isinstance(lost, WorkerLostError):
+        # Celery 5.7's main process (task_retry_on_worker_lost): the pool child running this
+        # attempt died (kill -9, OOM). The attempt ends here; the retry gets a row of its own.
+        detail = {**detail, "error": f"{type(lost).__name__}: {lost}", "error_type": type(lost).__name__}
+        _emit(engine, _attempt_event(engine, ids[0], ids[1], "failed", detail))
+    elif status == RETRYING:
         _emit(engine, _attempt_event(engine, ids[0], ids[1], RETRYING, detail))
     elif status == "waiting":  # a deferral: the attempt goes on; push its deadline out
         event = _attempt_event(engine, ids[0], ids[1], STARTED, detail)

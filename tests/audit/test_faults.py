@@ -132,25 +132,47 @@ def test_postgres_stopped_mid_run_loses_and_duplicates_no_row(stack):
     assert flow_row["status"] == "succeeded" and flow_row["completed_at"] is not None
 
 
-def test_kill_9_of_a_worker_child_mid_step_leaves_no_row_started_forever(stack):
-    client, url, sink = stack["client"], stack["url"], stack["sink"]
+def _start_sleepy(stack, key: str):
+    client, url = stack["client"], stack["url"]
     f = {"name": "killed", "steps": {"sleepy": {
-        "uses": "python.call", "timeout_s": 20,
-        "with": {"function": "tests.funcs:pid_and_sleep", "kwargs": {"key": "kill9", "seconds": 60}}}}}
+        "uses": "python.call", "timeout_s": 20, "retry": {"max_attempts": 1},
+        "with": {"function": "tests.funcs:pid_and_sleep", "kwargs": {"key": key, "seconds": 60}}}}}
     run = client.submit(f)
     r = client.engine.redis
-    _wait_until(lambda: r.get("test:pid:kill9") is not None, 30, "the step to start")
-    pid = int(r.get("test:pid:kill9"))
+    _wait_until(lambda: r.get(f"test:pid:{key}") is not None, 30, "the step to start")
     # The worker's audit writer process writes the row (this test does not flush here).
     import psutil
 
     kids = psutil.Process(stack["proc"].pid).children()
     assert any("taskplatform.audit.drainer" in " ".join(k.cmdline()) for k in kids)
     _wait_until(lambda: any(x["status"] == "started" for x in _rows(url, run.run_id)), 20, "a started row")
+    return run, int(r.get(f"test:pid:{key}"))
+
+
+def test_kill_9_of_a_worker_child_mid_step_ends_its_row_at_once(stack):
+    """The main process sees the child die (task_retry_on_worker_lost): the row says so."""
+    url = stack["url"]
+    run, pid = _start_sleepy(stack, "kill9-child")
+    (row,) = [x for x in _rows(url, run.run_id) if x["status"] == "started"]
+    killed = time.monotonic()
     os.kill(pid, signal.SIGKILL)
-    started = [x for x in _rows(url, run.run_id) if x["status"] == "started"]
-    assert len(started) == 1
-    row = started[0]
+    _wait_until(lambda: {x["id"]: x for x in _rows(url, run.run_id)}[row["id"]]["status"] != "started",
+                20, "the killed attempt's row to end")
+    after = {x["id"]: x for x in _rows(url, run.run_id)}[row["id"]]
+    print(f"[audit] killed attempt's row ended {time.monotonic() - killed:.2f}s after kill -9")
+    assert after["status"] == "failed" and after["error_type"] == "WorkerLostError"
+    assert "SIGKILL" in after["error_message"] and after["completed_at"] is not None
+    assert stack["proc"].poll() is None  # the worker itself lives on (a new child replaced it)
+    run.cancel()  # the retried attempt would sleep a minute
+
+
+def test_kill_9_of_the_whole_worker_leaves_no_row_started_forever(stack):
+    """Nobody is left to see the attempt end: the sweeper settles its row after its deadline."""
+    url, sink = stack["url"], stack["sink"]
+    run, _pid = _start_sleepy(stack, "kill9-group")
+    os.killpg(stack["proc"].pid, signal.SIGKILL)  # main process, pool and audit writer
+    stack["proc"].wait(10)
+    (row,) = [x for x in _rows(url, run.run_id) if x["status"] == "started"]
     # Its deadline is bounded: start + hard time limit (20 s + grace) + the abandon margin.
     assert (row["expires_at"] - row["created_at"]).total_seconds() < 20 + 15 + 61
     # The sweeper (every worker's drainer runs it every 30 s) leaves it alone until then ...
@@ -159,7 +181,6 @@ def test_kill_9_of_a_worker_child_mid_step_leaves_no_row_started_forever(stack):
     assert sink.run_sweep(now_s=row["expires_at"].timestamp() + 1) >= 1
     after = {x["id"]: x for x in _rows(url, run.run_id)}[row["id"]]
     assert after["status"] == "failed" and after["error_type"] == "WorkerLost"
-    assert stack["proc"].poll() is None  # the worker itself lives on (a new child replaced it)
 
 
 def test_worker_on_an_old_schema_refuses_to_start(cluster):
