@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,11 +36,12 @@ def publish(engine: Engine, spec: RunSpec, step_ids: Iterable[str]) -> None:
 
 
 def settle(engine: Engine, spec: RunSpec, step_id: str, status: StepStatus,
-           detail: dict[str, Any]) -> None:
-    """Record a step's final status and drive the run on from it."""
+           detail: dict[str, Any], *, output_json: str | None = None) -> None:
+    """Record a step's final status (and output) and drive the run on from it."""
     detail = {**detail, "status": status.value, "finished_at": round(time.time(), 6)}
     plan_step = spec.plan.steps[step_id]
-    result = engine.store.settle(spec.run_id, step_id, status, detail, plan_step.dependents)
+    result = engine.store.settle(spec.run_id, step_id, status, detail, plan_step.dependents,
+                                 output_json=output_json)
     if result.first:
         signals.step_settled.send(sender=engine, run_id=spec.run_id, step_id=step_id,
                                   status=status.value, detail=detail)
@@ -71,35 +71,37 @@ def advance(engine: Engine, spec: RunSpec, ready: Iterable[str], settled_count: 
 def _advance(engine: Engine, spec: RunSpec, ready: Iterable[str], settled_count: int) -> None:
     store, plan = engine.store, spec.plan
     launch: list[str] = []
-    canceled: str | None = None  # looked up once, when the first step is about to launch
-    queue = deque(ready)
-    while queue:
-        sid = queue.popleft()
-        step = plan.steps[sid]
-        need_status = store.statuses(spec.run_id, step.needs)
-        failed = [n for n in step.needs if need_status[n] in FAILED_STEP_STATUSES]
-        skipped = [n for n in step.needs if need_status[n] == StepStatus.SKIPPED.value]
-        outcome: StepStatus | None = None
-        if failed:
-            outcome = StepStatus.UPSTREAM_FAILED
-            why = f"upstream step(s) did not succeed: {', '.join(failed)}"
-        elif skipped and not step.has_when:
-            outcome, why = StepStatus.SKIPPED, f"upstream step(s) skipped: {', '.join(skipped)}"
-        if outcome is None and canceled is None:
-            canceled = store.cancel_requested(spec.run_id) or ""
-        if outcome is None and canceled:
-            outcome, why = StepStatus.CANCELED, f"run canceled: {canceled}"
-        if outcome is None:
-            launch.append(sid)
-            continue
-        res = store.settle(spec.run_id, sid, outcome, {"status": outcome.value, "reason": why,
-                                                         "finished_at": round(time.time(), 6)},
-                           step.dependents)
-        if res.first:
-            signals.step_settled.send(sender=engine, run_id=spec.run_id, step_id=sid,
-                                      status=outcome.value, detail={"reason": why})
-            queue.extend(res.ready)
-            settled_count = max(settled_count, res.settled_count)
+    wave = list(ready)
+    while wave:  # one round trip per wave: the needs' statuses and the run's cancel flag
+        # A ready step's needs have all settled, so settling one step of a wave never changes
+        # what another step of the same wave reads.
+        need_status, _, canceled = store.read_steps(
+            spec.run_id, {n for sid in wave for n in plan.steps[sid].needs}, outputs=False, cancel=True)
+        next_wave: list[str] = []
+        for sid in wave:
+            step = plan.steps[sid]
+            failed = [n for n in step.needs if need_status[n] in FAILED_STEP_STATUSES]
+            skipped = [n for n in step.needs if need_status[n] == StepStatus.SKIPPED.value]
+            outcome: StepStatus | None = None
+            if failed:
+                outcome = StepStatus.UPSTREAM_FAILED
+                why = f"upstream step(s) did not succeed: {', '.join(failed)}"
+            elif skipped and not step.has_when:
+                outcome, why = StepStatus.SKIPPED, f"upstream step(s) skipped: {', '.join(skipped)}"
+            elif canceled is not None:
+                outcome, why = StepStatus.CANCELED, f"run canceled: {canceled}"
+            if outcome is None:
+                launch.append(sid)
+                continue
+            res = store.settle(spec.run_id, sid, outcome, {"status": outcome.value, "reason": why,
+                                                             "finished_at": round(time.time(), 6)},
+                               step.dependents)
+            if res.first:
+                signals.step_settled.send(sender=engine, run_id=spec.run_id, step_id=sid,
+                                          status=outcome.value, detail={"reason": why})
+                next_wave.extend(res.ready)
+                settled_count = max(settled_count, res.settled_count)
+        wave = next_wave
     publish(engine, spec, launch)
     if settled_count >= len(plan.steps):
         finish(engine, spec)
@@ -108,28 +110,29 @@ def _advance(engine: Engine, spec: RunSpec, ready: Iterable[str], settled_count:
 def finish(engine: Engine, spec: RunSpec) -> bool:
     """Compute the run's outcome and outputs and record them once; True for the one that did."""
     store = engine.store
-    statuses = store.statuses(spec.run_id, spec.plan.order)
+    wants_outputs = bool(spec.flow.outputs)
+    statuses, step_outputs, cancel_reason = store.read_steps(
+        spec.run_id, spec.plan.order, outputs=wants_outputs, cancel=True)
     if any(s not in FINAL_STEP_STATUSES for s in statuses.values()):
         return False
-    details = store.step_details(spec.run_id)
     failed = [s for s in spec.plan.order if statuses[s] in ("failed", "dead_lettered")]
     canceled = [s for s in spec.plan.order if statuses[s] == "canceled"]
     status = RunStatus.SUCCEEDED
     error = failed_step = None
-    cancel_reason = store.cancel_requested(spec.run_id)
     if cancel_reason is not None:
         status, failed_step = RunStatus.CANCELED, (canceled[0] if canceled else None)
         error = f"canceled: {cancel_reason}"
     elif failed:
         status, failed_step = RunStatus.FAILED, failed[0]
-        error = details.get(failed_step, {}).get("error")
+        error = store.step_detail(spec.run_id, failed_step).get("error")
     elif canceled:
         status, failed_step = RunStatus.CANCELED, canceled[0]
         error = "canceled"
     outputs: dict[str, Any] = {}
     try:
-        context = engine.context_for(spec, None)
-        outputs = {k: expressions.render(v, context) for k, v in spec.flow.outputs.items()}
+        if wants_outputs:
+            context = engine.context_from(spec, statuses, step_outputs)
+            outputs = {k: expressions.render(v, context) for k, v in spec.flow.outputs.items()}
     except ExpressionError as exc:
         if status is RunStatus.SUCCEEDED:
             status, error = RunStatus.FAILED, f"outputs: {exc}"

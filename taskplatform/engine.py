@@ -99,9 +99,13 @@ class Engine:
         """The expression context of a step (only the steps it reads), or of the whole run."""
         reads = spec.reads.get(step_id) if step_id is not None else None
         ids = list(spec.plan.order) if reads is None else sorted(reads)
-        outputs = self.store.outputs(spec.run_id, ids)
-        statuses = self.store.statuses(spec.run_id, ids)
-        steps = {sid: {"output": outputs.get(sid), "status": statuses.get(sid)} for sid in ids}
+        statuses, outputs, _ = self.store.read_steps(spec.run_id, ids)
+        return self.context_from(spec, statuses, outputs)
+
+    @staticmethod
+    def context_from(spec: RunSpec, statuses: dict[str, str], outputs: dict[str, Any]) -> dict[str, Any]:
+        """The expression context of the steps in ``statuses``."""
+        steps = {sid: {"output": outputs.get(sid), "status": st} for sid, st in statuses.items()}
         return {"inputs": spec.inputs, "steps": steps, "run": spec.run}
 
 

@@ -27,7 +27,7 @@ from taskplatform.compiler import task_name
 from taskplatform.engine import Engine, RunSpec, engine_for
 from taskplatform.errors import ExpressionError, PermanentError, StepTimedOut, TransientError
 from taskplatform.flow import RetryPolicy
-from taskplatform.state import StepStatus, dumps
+from taskplatform.state import Claim, StepStatus, dumps
 
 log = logging.getLogger(__name__)
 
@@ -123,22 +123,22 @@ def run_step(task: Task, connector: Connector, run_id: str, step_id: str) -> dic
         return {"status": claim.status, "duplicate": True}
     handle = lease.keeper.hold(lease.Lease(engine.store, run_id, step_id, token, lease_s))
     try:
-        return _run_claimed(task, engine, spec, connector, step_id)
+        return _run_claimed(task, engine, spec, connector, step_id, claim)
     finally:
         lease.keeper.drop(handle)
 
 
 def _run_claimed(task: Task, engine: Engine, spec: RunSpec, connector: Connector,
-                 step_id: str) -> dict[str, Any]:
+                 step_id: str, claim: Claim) -> dict[str, Any]:
     run_id = spec.run_id
     plan_step = spec.plan.steps[step_id]
-    if engine.store.cancel_requested(run_id) is not None:
+    if claim.cancel is not None:
         dispatch.settle(engine, spec, step_id, StepStatus.CANCELED,
                         {"reason": "run canceled before the step started"})
         return {"status": "canceled"}
 
     store = engine.store
-    detail = store.step_detail(run_id, step_id)
+    detail = dict(claim.detail)
     waiting = detail.get("status") == StepStatus.WAITING.value
     lost = detail.get("status") == StepStatus.RUNNING.value  # the last attempt's process died
     attempt = int(detail.get("attempts", 0)) + (0 if waiting else 1)
@@ -235,8 +235,7 @@ def _run_claimed(task: Task, engine: Engine, spec: RunSpec, connector: Connector
     detail.pop("traceback", None)
     detail["duration_ms"] = round((time.time() - detail["started_at"]) * 1000, 3)
     assert output_json is not None
-    store.save_output(run_id, step_id, output_json)
-    dispatch.settle(engine, spec, step_id, StepStatus.SUCCEEDED, detail)
+    dispatch.settle(engine, spec, step_id, StepStatus.SUCCEEDED, detail, output_json=output_json)
     return {"status": "succeeded"}
 
 

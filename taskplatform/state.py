@@ -62,8 +62,10 @@ FAILED_STEP_STATUSES = frozenset({"failed", "dead_lettered", "upstream_failed", 
 
 _FINAL_LUA = "{" + ", ".join(f"{s}=1" for s in sorted(FINAL_STEP_STATUSES)) + "}"
 
-# KEYS: status key, run state hash. ARGV: token, lease_ms, now.
-# Returns {"claimed"} | {"done", status} | {"busy", pttl_ms} | {"lost"} (no run state: Redis lost it).
+# KEYS: status key, run state hash, cancel key, steps hash. ARGV: token, lease_ms, now, step_id.
+# Returns {"claimed", cancel reason or nil, step detail JSON or nil} | {"done", status} |
+# {"busy", pttl_ms} | {"lost"} (no run state: Redis lost it). What the step needs next comes
+# back with the lease: one round trip.
 CLAIM_LUA = f"""
 local final = {_FINAL_LUA}
 if redis.call('EXISTS', KEYS[2]) == 0 then return {{'lost'}} end
@@ -78,20 +80,25 @@ redis.call('SET', KEYS[1], 'running:' .. ARGV[1], 'PX', ARGV[2])
 if redis.call('HGET', KEYS[2], 'status') == 'pending' then
   redis.call('HSET', KEYS[2], 'status', 'running', 'started_at', ARGV[3])
 end
-return {{'claimed'}}
+return {{'claimed', redis.call('GET', KEYS[3]), redis.call('HGET', KEYS[4], ARGV[4])}}
 """
 
-# KEYS: status key, remaining hash, settled counter, steps hash.
-# ARGV: status, ttl_s, step_id, detail_json, dependents...
+# KEYS: status key, remaining hash, settled counter, steps hash, outputs hash.
+# ARGV: status, ttl_s, step_id, detail_json, output_json ("" for none), dependents...
 # Returns {1, settled_count, ready...} the first time a step settles, {0, current} after.
+# The output is stored with the status (only by the first settle): nobody sees one without the other.
 SETTLE_LUA = f"""
 local final = {_FINAL_LUA}
 local cur = redis.call('GET', KEYS[1])
 if cur and final[cur] then return {{0, cur}} end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[5], ARGV[3], ARGV[5])
+  redis.call('EXPIRE', KEYS[5], ARGV[2])
+end
 local out = {{1, 0}}
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   if redis.call('HINCRBY', KEYS[2], ARGV[i], -1) == 0 then out[#out + 1] = ARGV[i] end
 end
 out[2] = redis.call('INCR', KEYS[3])
@@ -134,6 +141,8 @@ class Claim:
     outcome: str  # "claimed", "done", "busy" or "lost"
     status: str | None = None  # final status when done
     retry_in_s: float = 0.0  # lease left when busy
+    cancel: str | None = None  # when claimed: the run's cancel reason, if one was asked for
+    detail: dict[str, Any] = field(default_factory=dict)  # when claimed: the step's detail so far
 
 
 @dataclass
@@ -214,12 +223,28 @@ class RunStore:
         ids = list(step_ids)
         if not ids:
             return {}
-        values = self.r.mget([self.status_key(run_id, s) for s in ids])
-        out = {}
-        for sid, v in zip(ids, values, strict=False):
-            text = _s(v) if v is not None else StepStatus.PENDING.value
-            out[sid] = StepStatus.RUNNING.value if text.startswith("running:") else text
-        return out
+        return _decode_statuses(ids, self.r.mget([self.status_key(run_id, s) for s in ids]))
+
+    def read_steps(self, run_id: str, step_ids: Iterable[str], *, outputs: bool = True,
+                   cancel: bool = False) -> tuple[dict[str, str], dict[str, Any], str | None]:
+        """Statuses and outputs of ``step_ids`` (and the cancel reason) in one round trip."""
+        ids = list(step_ids)
+        outputs = outputs and bool(ids)
+        if not ids and not cancel:
+            return {}, {}, None
+        pipe = self.r.pipeline(transaction=False)
+        if ids:
+            pipe.mget([self.status_key(run_id, s) for s in ids])
+        if outputs:
+            pipe.hmget(self.key(defaults.KEY_RUN_OUTPUTS, run_id), ids)
+        if cancel:
+            pipe.get(self.key(defaults.KEY_RUN_CANCEL, run_id))
+        replies = iter(pipe.execute())
+        statuses = _decode_statuses(ids, next(replies)) if ids else {}
+        outs = ({sid: json.loads(v) for sid, v in zip(ids, next(replies), strict=True) if v is not None}
+                if outputs else {})
+        reason = next(replies) if cancel else None
+        return statuses, outs, (_s(reason) if reason is not None else None)
 
     def outputs(self, run_id: str, step_ids: Iterable[str] | None = None) -> dict[str, Any]:
         """Stored outputs, decoded; all steps when ``step_ids`` is None."""
@@ -242,8 +267,9 @@ class RunStore:
     # steps
     def claim(self, run_id: str, step_id: str, token: str, lease_s: float) -> Claim:
         res = self._claim(
-            keys=[self.status_key(run_id, step_id), self.key(defaults.KEY_RUN_STATE, run_id)],
-            args=[token, int(lease_s * 1000), f"{time.time():.6f}"],
+            keys=[self.status_key(run_id, step_id), self.key(defaults.KEY_RUN_STATE, run_id),
+                  self.key(defaults.KEY_RUN_CANCEL, run_id), self.key(defaults.KEY_RUN_STEPS, run_id)],
+            args=[token, int(lease_s * 1000), f"{time.time():.6f}", step_id],
         )
         outcome = _s(res[0])
         if outcome == "lost":
@@ -252,23 +278,26 @@ class RunStore:
             return Claim("done", status=_s(res[1]))
         if outcome == "busy":
             return Claim("busy", retry_in_s=max(0.05, int(res[1]) / 1000))
-        return Claim("claimed")
+        _, cancel, detail = res
+        return Claim("claimed", cancel=_s(cancel) if cancel is not None else None,
+                     detail=json.loads(detail) if detail else {})
 
     def release(self, run_id: str, step_id: str, status: StepStatus) -> None:
         """Give up the lease between attempts (``retrying``) or while waiting (``waiting``)."""
         self.r.set(self.status_key(run_id, step_id), status.value, ex=self.ttl_s)
 
     def settle(self, run_id: str, step_id: str, status: StepStatus, detail: dict[str, Any],
-               dependents: Iterable[str]) -> Settled:
-        """Record a final status once and count down the needs of ``dependents``."""
+               dependents: Iterable[str], *, output_json: str | None = None) -> Settled:
+        """Record a final status (and the step's output) once; count down ``dependents``' needs."""
         res = self._settle(
             keys=[
                 self.status_key(run_id, step_id),
                 self.key(defaults.KEY_RUN_REMAINING, run_id),
                 self.key(defaults.KEY_RUN_SETTLED, run_id),
                 self.key(defaults.KEY_RUN_STEPS, run_id),
+                self.key(defaults.KEY_RUN_OUTPUTS, run_id),
             ],
-            args=[status.value, self.ttl_s, step_id, dumps(detail), *dependents],
+            args=[status.value, self.ttl_s, step_id, dumps(detail), output_json or "", *dependents],
         )
         if int(res[0]) == 0:
             return Settled(first=False, status=_s(res[1]))
@@ -376,6 +405,14 @@ class RunStore:
 
     def recent_runs(self, limit: int = 50) -> list[str]:
         return [_s(x) for x in self.r.zrevrange(self.key(defaults.KEY_RUN_INDEX, ""), 0, limit - 1)]
+
+
+def _decode_statuses(ids: list[str], values: list[Any]) -> dict[str, str]:
+    out = {}
+    for sid, v in zip(ids, values, strict=True):
+        text = _s(v) if v is not None else StepStatus.PENDING.value
+        out[sid] = StepStatus.RUNNING.value if text.startswith("running:") else text
+    return out
 
 
 def _s(value: Any) -> str:
