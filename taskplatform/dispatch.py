@@ -20,6 +20,11 @@ from taskplatform.state import FAILED_STEP_STATUSES, FINAL_STEP_STATUSES, RunSta
 log = logging.getLogger(__name__)
 
 
+def shown_as(spec: RunSpec, step_id: str) -> dict[str, str]:
+    """What Flower and the logs show for a step's message: readable, ids only, no data."""
+    return {"argsrepr": f"flow={spec.flow.name} step={step_id} run={spec.run_id}", "kwargsrepr": "{}"}
+
+
 def publish(engine: Engine, spec: RunSpec, step_ids: Iterable[str]) -> None:
     """Publish the messages of ``step_ids`` over one producer connection."""
     ids = list(step_ids)
@@ -29,10 +34,8 @@ def publish(engine: Engine, spec: RunSpec, step_ids: Iterable[str]) -> None:
     with app.producer_or_acquire() as producer:
         for sid in ids:
             sig = spec.plan.steps[sid].signature(spec.run_id)
-            # What Flower and the logs show for the message: readable, ids only, no data.
-            app.send_task(sig.task, args=sig.args, producer=producer,
-                          argsrepr=f"flow={spec.flow.name} step={sid} run={spec.run_id}",
-                          kwargsrepr="{}", **sig.options)
+            app.send_task(sig.task, args=sig.args, producer=producer, **shown_as(spec, sid),
+                          **sig.options)
 
 
 def settle(engine: Engine, spec: RunSpec, step_id: str, status: StepStatus,

@@ -117,7 +117,7 @@ def run_step(task: Task, connector: Connector, run_id: str, step_id: str) -> dic
         return {"status": "lost"}
     if claim.outcome == "busy":  # another delivery holds the lease: look again soon
         look_again_s = min(claim.retry_in_s, defaults.BUSY_RECHECK_S) + random.uniform(0, 0.5)
-        raise task.retry(countdown=look_again_s, max_retries=None)
+        raise task.retry(countdown=look_again_s, max_retries=None, **dispatch.shown_as(spec, step_id))
     if claim.outcome == "done":  # a redelivery: the step settled before; drive the run on
         dispatch.redrive(engine, spec, step_id)
         return {"status": claim.status, "duplicate": True}
@@ -206,7 +206,8 @@ def _run_claimed(task: Task, engine: Engine, spec: RunSpec, connector: Connector
         detail["status"] = StepStatus.WAITING.value
         store.set_step_detail(run_id, step_id, detail)
         store.release(run_id, step_id, StepStatus.WAITING)
-        raise task.retry(countdown=min(defer_in, engine.settings.max_countdown_s), max_retries=None)
+        raise task.retry(countdown=min(defer_in, engine.settings.max_countdown_s), max_retries=None,
+                         **dispatch.shown_as(spec, step_id))
 
     if error is not None:
         detail["error"] = secrets.redact_text(describe_error(error))  # shown by status, audit, CLI
@@ -222,7 +223,7 @@ def _run_claimed(task: Task, engine: Engine, spec: RunSpec, connector: Connector
             store.release(run_id, step_id, StepStatus.RETRYING)
             log.warning("run %s step %s attempt %d failed, retrying in %.2fs: %s",
                         run_id, step_id, attempt, retry_in, secrets.redact_text(detail["error"]))
-            raise task.retry(countdown=retry_in, max_retries=None)
+            raise task.retry(countdown=retry_in, max_retries=None, **dispatch.shown_as(spec, step_id))
         detail["dead_letter"] = dead_letter(engine, spec, step_id, resolved, error, detail)
         why = "permanent error" if not retryable else f"gave up after {attempt} attempt(s)"
         log.error("run %s step %s dead-lettered (%s) on attempt %d: %s", run_id, step_id, why,

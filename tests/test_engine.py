@@ -73,6 +73,30 @@ def test_transient_errors_retry_then_succeed(client):
     assert client.engine.store.outputs(run.run_id)["f"] == {"calls": 3}
 
 
+def test_retried_messages_stay_readable_in_flower(client):
+    """A retry is a new message: it keeps the readable argsrepr (no data) of the first one."""
+    from celery import signals
+
+    seen: list[dict] = []
+
+    def grab(headers=None, **_):
+        if headers and headers.get("task", "").startswith("connectors."):
+            seen.append(dict(headers))
+
+    signals.before_task_publish.connect(grab, weak=False)
+    try:
+        f = flow("flaky-repr", {"f": call("flaky", kwargs={"key": "repr1", "failures": 2})},
+                 defaults={"retry": {"max_attempts": 3, "backoff_s": 0.05, "jitter": False}})
+        run = client.submit(f)
+        run.wait(timeout=30)
+    finally:
+        signals.before_task_publish.disconnect(grab)
+    mine = [h for h in seen if run.run_id in str(h.get("argsrepr"))]
+    assert [h["retries"] for h in mine] == [0, 1, 2]
+    assert {h["argsrepr"] for h in mine} == {f"flow=flaky-repr step=f run={run.run_id}"}
+    assert {h["kwargsrepr"] for h in mine} == {"{}"}
+
+
 def test_retries_exhausted_fail_the_step(client):
     f = flow("flaky2", {"f": {**call("flaky", kwargs={"key": "k2", "failures": 5}),
                               "retry": {"max_attempts": 2, "backoff_s": 0.01}}})
