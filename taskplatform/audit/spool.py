@@ -6,7 +6,7 @@ events takes the spool's lock, writes up to a batch of events in one transaction
 it wrote, and lets go. One drainer at a time keeps the order; upserts make a batch written
 twice (a drainer died between commit and trim) harmless. While the database is down the
 events wait in Redis, and are written in order when it is back. If Redis itself refuses the
-event, the handler writes it to the database directly.
+event (its reply is read at the next push, not waited for), it is written to the database directly.
 """
 
 from __future__ import annotations
@@ -102,27 +102,70 @@ class AuditSink:
             self._ensure_thread()
 
     def _push(self, payload: str) -> None:
-        """RPUSH on a connection of this thread's own.
+        """RPUSH on a connection of this thread's own, without waiting for Redis's reply.
 
         Steps pay for this on their path: a bare connection costs ~15 us of CPU per command
-        where the redis-py client (pool, retries, observability hooks) costs ~100 us.
+        where the redis-py client (pool, retries, observability hooks) costs ~100 us, and the
+        reply is read at the next push (it has long arrived by then) instead of blocking now.
+        A reply that is an error (Redis out of memory, say) sends that event to the database
+        directly; a connection lost with replies unread pushes those events again (applying
+        an event twice is harmless).
         """
-        for attempt in (1, 2):  # a connection the server dropped is remade once
-            conn = getattr(self._local, "conn", None)
-            if conn is None or self._local.pid != os.getpid():  # never a parent's socket
-                conn = self.redis.connection_pool.make_connection()
-                self._local.conn, self._local.pid = conn, os.getpid()
-                with self._conns_lock:
-                    self._conns.append(conn)
+        conn, unread = self._connection()
+        try:
+            self._read_replies(conn, unread)
+            conn.send_command("RPUSH", self.key, payload)
+            unread.append(payload)
+            return
+        except (redis.ConnectionError, redis.TimeoutError):
+            conn.disconnect()
+            self._local.conn = None
+        again = [*unread, payload]  # a connection the server dropped is remade once
+        unread.clear()
+        conn, _ = self._connection()
+        try:
+            for p in again:
+                conn.send_command("RPUSH", self.key, p)
+            self._read_replies(conn, list(again))
+        except (redis.ConnectionError, redis.TimeoutError):
+            conn.disconnect()
+            self._local.conn = None
+            for p in again[:-1]:  # the caller writes ``payload`` itself
+                self._write_direct(json.loads(p))
+            raise
+
+    def _connection(self) -> tuple[Any, list[str]]:
+        """This thread's bare connection and the pushes on it whose replies are unread."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid():  # never a parent's socket
+            conn = self.redis.connection_pool.make_connection()
+            conn.health_check_interval = 0  # a PING would read our unread replies as its own
+            self._local.conn, self._local.pid, self._local.unread = conn, os.getpid(), []
+            with self._conns_lock:
+                self._conns.append((os.getpid(), conn, self._local.unread))
+        return conn, self._local.unread
+
+    def _read_replies(self, conn: Any, unread: list[str]) -> None:
+        """Read the replies of earlier pushes; an event Redis refused goes to the database."""
+        while unread:
             try:
-                conn.send_command("RPUSH", self.key, payload)
                 conn.read_response()
-                return
+            except redis.ResponseError as exc:
+                log.warning("audit spool refused an event (%s); writing it directly", exc)
+                self._write_direct(json.loads(unread[0]))
+            unread.pop(0)
+
+    def _settle_replies(self) -> None:
+        """Read every connection's unread replies (at close: the threads are done pushing)."""
+        with self._conns_lock:  # a forked child must not read its parent's socket
+            conns = [(c, u) for pid, c, u in self._conns if pid == os.getpid()]
+        for conn, unread in conns:
+            try:
+                self._read_replies(conn, unread)
             except (redis.ConnectionError, redis.TimeoutError):
-                conn.disconnect()
-                self._local.conn = None
-                if attempt == 2:
-                    raise
+                for p in unread:  # unknown whether Redis has them: written twice is harmless
+                    self._write_direct(json.loads(p))
+                unread.clear()
 
     def _write_direct(self, event: dict[str, Any]) -> None:
         try:
@@ -265,6 +308,8 @@ class AuditSink:
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Write everything spooled now, from this thread; True when the spool is empty."""
+        if getattr(self._local, "conn", None) is not None and self._local.pid == os.getpid():
+            self._read_replies(self._local.conn, self._local.unread)  # this thread's own pushes
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -279,6 +324,7 @@ class AuditSink:
 
     def close(self, *, flush_s: float = 0.0) -> None:
         """Stop the drainer (after writing what is spooled, for up to ``flush_s``)."""
+        self._settle_replies()
         if flush_s:
             self.flush(flush_s)
         self._stop.set()
@@ -287,7 +333,7 @@ class AuditSink:
             self._thread.join(2)
         self._thread = None
         with self._conns_lock:
-            for conn in self._conns:
+            for _, conn, _ in self._conns:
                 conn.disconnect()
             self._conns.clear()
         self.redis.close()

@@ -92,3 +92,56 @@ def test_a_drainer_that_lost_its_lock_does_not_trim(audit, redis_server, monkeyp
     finally:
         sink.redis.delete(sink.key, sink.lock_key)
         sink.close()
+
+
+def _private_sink(audit, redis_server, monkeypatch, name):
+    from taskplatform.audit import spool
+
+    monkeypatch.setattr(spool, "DRAIN_IN_THIS_PROCESS", False)  # only the drains below
+    return spool.AuditSink(audit.url, redis_server.url, prefix=f"test:{name}:")
+
+
+def _steps_written(audit, run_id):
+    with db.get_engine(audit.url).connect() as c:
+        return [(r.step_id, r.status) for r in c.execute(
+            select(attempts).where(attempts.c.run_id == run_id).order_by(attempts.c.step_id))]
+
+
+def test_an_event_redis_refuses_is_written_directly(audit, redis_server, monkeypatch):
+    """Pushes do not wait for their reply: a refusal, read at the next push, is not a loss."""
+    sink = _private_sink(audit, redis_server, monkeypatch, "refused")
+    try:
+        sink.redis.set(sink.key, "not a list")  # every RPUSH now gets a WRONGTYPE error reply
+        sink.emit(_attempt("succeeded", run_id="refused", step_id="a"))
+        assert sink.counters.direct == 0  # not waited for ...
+        sink.redis.delete(sink.key)
+        sink.emit(_attempt("succeeded", run_id="refused", step_id="b"))
+        assert sink.counters.direct == 1  # ... read at the next push: written directly
+        assert sink.drain() == 1  # b went through the spool
+        assert _steps_written(audit, "refused") == [("a", "succeeded"), ("b", "succeeded")]
+    finally:
+        sink.redis.delete(sink.key, sink.lock_key)
+        sink.close()
+
+
+def test_a_connection_lost_with_replies_unread_pushes_those_events_again(audit, redis_server, monkeypatch):
+    sink = _private_sink(audit, redis_server, monkeypatch, "dropped")
+    try:
+        conn, unread = sink._connection()
+        conn.send_command("CLIENT", "SETNAME", "audit-test-pusher")
+        conn.read_response()
+        sink.emit(_attempt("succeeded", run_id="dropped", step_id="a"))
+        assert len(unread) == 1
+        # The server drops our connection (a restart, a proxy timeout) before we read a reply.
+        admin = redis_server.client()
+        (mine,) = [c["id"] for c in admin.client_list() if c["name"] == "audit-test-pusher"]
+        admin.client_kill_filter(_id=mine)
+        sink.emit(_attempt("succeeded", run_id="dropped", step_id="b"))
+        assert sink._connection()[0] is not conn  # remade
+        assert sink.pending() in (2, 3)  # a once or twice (unknown whether Redis had it), then b
+        sink.drain()
+        assert _steps_written(audit, "dropped") == [("a", "succeeded"), ("b", "succeeded")]
+        assert sink.counters.direct == 0
+    finally:
+        sink.redis.delete(sink.key, sink.lock_key)
+        sink.close()
