@@ -12,8 +12,9 @@ on, it also times how long after the last run ended every audit row was in Postg
 spool's lag), and checks the row counts. Prints flows/s per mode and the on/off ratio.
 
 Wall time is at the mercy of whatever else runs on the machine, so it also counts the CPU
-seconds the flows cost: the worker's processes, this process (the submitter, and the audit's
-drainer when it runs here), redis-server and the Postgres backends of the bench database.
+seconds the flows cost: the worker's processes (its audit writer apart), this process (the
+submitter; it only spools, the worker's writer writes, as in a deployment), redis-server and
+the Postgres backends of the bench database.
 On a machine whose cores are busy, throughput goes as 1 / CPU per flow.
 """
 
