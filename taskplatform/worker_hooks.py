@@ -72,11 +72,35 @@ def _enable_multiprocess_metrics(configured: Path | None) -> None:
     if configured is not None:
         enable_multiprocess(Path(configured))
         return
-    path = Path(tempfile.mkdtemp(prefix="taskplatform-metrics-"))
+    remove_stale_metrics_dirs()
+    path = Path(tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-"))
     enable_multiprocess(path)
     main_pid = os.getpid()
     # Only the main process removes the folder (pool children run atexit too).
     atexit.register(lambda: os.getpid() == main_pid and shutil.rmtree(path, ignore_errors=True))
+
+
+METRICS_DIR_PREFIX = "taskplatform-metrics-"
+
+
+def remove_stale_metrics_dirs(root: Path | None = None) -> list[Path]:
+    """Remove the metrics folders of workers that died without cleaning up (kill -9).
+
+    A folder is named after its worker's main pid; one whose process is gone is removed.
+    """
+    removed = []
+    for path in Path(root or tempfile.gettempdir()).glob(f"{METRICS_DIR_PREFIX}*-*"):
+        try:
+            pid = int(path.name[len(METRICS_DIR_PREFIX):].split("-", 1)[0])
+            os.kill(pid, 0)
+        except ValueError:
+            continue  # not one of ours
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        except PermissionError:
+            continue  # alive, someone else's
+    return removed
 
 
 def register_health_checks(settings: Any) -> None:

@@ -174,3 +174,21 @@ def test_audit_spool_gauge_reads_the_backlog_in_redis(redis_server):
     finally:
         client.delete(key)
         client.close()
+
+
+def test_metrics_folders_of_dead_workers_are_removed_at_start(tmp_path):
+    import os
+    import sys
+
+    from taskplatform.worker_hooks import METRICS_DIR_PREFIX, remove_stale_metrics_dirs
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = tmp_path / f"{METRICS_DIR_PREFIX}{gone.pid}-abc"
+    alive = tmp_path / f"{METRICS_DIR_PREFIX}{os.getpid()}-def"
+    other = tmp_path / f"{METRICS_DIR_PREFIX}notapid-ghi"
+    for d in (dead, alive, other):
+        d.mkdir()
+        (d / "counter_1.db").write_bytes(b"x")
+    assert remove_stale_metrics_dirs(tmp_path) == [dead]
+    assert not dead.exists() and alive.exists() and other.exists()
