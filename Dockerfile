@@ -3,7 +3,8 @@ WORKDIR /app
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 COPY . .
-RUN useradd --create-home taskplatform
+RUN useradd --create-home taskplatform \
+ && mkdir -p /var/lib/taskplatform/audit-overflow && chown -R taskplatform /var/lib/taskplatform
 USER taskplatform
 # JSON logs for a log shipper; /metrics and /health of each worker on 9091; Flower on 5555.
 ENV PYTHONUNBUFFERED=1 TASKPLATFORM_LOG_FORMAT=json EXECUTOR_METRICS_PORT=9091

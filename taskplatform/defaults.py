@@ -70,7 +70,11 @@ HEARTBEAT_LISTEN_S = 2.5  # `manage.py workers` listens this long for worker hea
 # Audit (taskplatform.audit).
 KEY_AUDIT_SPOOL = "{prefix}audit:spool"  # list of audit events not yet in the database, in order
 KEY_AUDIT_LOCK = "{prefix}audit:spool:lock"  # one drainer at a time keeps the order
+KEY_AUDIT_OVERFLOW = "{prefix}audit:spool:overflow"  # hash: host's overflow folder -> heartbeat
 AUDIT_BATCH_SIZE = 200  # events written per transaction
+AUDIT_SPOOL_MAX_EVENTS = 200_000  # past this, a worker's audit writer moves the oldest to disk
+AUDIT_SPILL_CHUNK = 5_000  # events per overflow file
+AUDIT_OVERFLOW_STALE_S = 60.0  # a host's overflow not heartbeaten for this long no longer holds others
 AUDIT_DRAIN_IDLE_S = 0.5  # a drainer looks at the spool at least this often
 AUDIT_LOCK_TTL_S = 30  # a drainer that died mid-batch lets go after this
 AUDIT_BACKOFF_MAX_S = 5.0  # longest pause between attempts while the database is down

@@ -204,8 +204,9 @@ class AuditSpoolCollector:
     ``noeviction`` an unbounded backlog would end in refused writes, so it is watched.
     """
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, overflow_dir: Path | None = None) -> None:
         self.store = store
+        self.overflow_dir = overflow_dir
 
     def describe(self) -> list[Any]:
         return []
@@ -213,6 +214,12 @@ class AuditSpoolCollector:
     def collect(self) -> Any:
         from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415
 
+        if self.overflow_dir is not None:  # ``taskplatform_audit_overflow_bytes``: this host's
+            size = sum(f.stat().st_size for f in self.overflow_dir.glob("*.jsonl")) \
+                if self.overflow_dir.is_dir() else 0
+            yield GaugeMetricFamily("taskplatform_audit_overflow_bytes",
+                                    "Audit events this host's audit writer moved to disk while the "
+                                    "database was away, not yet written (bytes).", value=size)
         try:
             n = self.store.r.llen(defaults.KEY_AUDIT_SPOOL.format(prefix=self.store.prefix))
         except Exception:  # noqa: BLE001 - a scrape must not fail because Redis is away

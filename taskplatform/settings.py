@@ -44,6 +44,15 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("TASKPLATFORM_RECOVERY_STALE_AFTER_S", "recovery_stale_after_s"),
     )
     audit: bool = Field(True, validation_alias=AliasChoices("TASKPLATFORM_AUDIT", "audit"))
+    # While the database is away, a worker's audit writer keeps the Redis spool under this many
+    # events by moving the oldest to files in audit_overflow_dir (written back first on return).
+    audit_spool_max_events: int = Field(
+        defaults.AUDIT_SPOOL_MAX_EVENTS, ge=10,
+        validation_alias=AliasChoices("TASKPLATFORM_AUDIT_SPOOL_MAX_EVENTS", "audit_spool_max_events"),
+    )
+    audit_overflow_dir: Path | None = Field(
+        None, validation_alias=AliasChoices("TASKPLATFORM_AUDIT_OVERFLOW_DIR", "audit_overflow_dir")
+    )
     # Names this platform's Redis in the audit: recovery rebuilds only its own lost runs when
     # several deployments (or test stacks) share one audit database.
     deployment: str = Field(
@@ -69,6 +78,15 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(
         "json", validation_alias=AliasChoices("TASKPLATFORM_LOG_FORMAT", "log_format")
     )
+
+    @property
+    def overflow_dir(self) -> Path:
+        """Where a worker's audit writer keeps what the spool cannot hold (see audit/spool.py)."""
+        if self.audit_overflow_dir is not None:
+            return self.audit_overflow_dir
+        from taskplatform.audit.db import data_dir  # noqa: PLC0415
+
+        return data_dir() / "audit-overflow"
 
     @property
     def embedded(self) -> bool:

@@ -159,7 +159,7 @@ def on_worker_ready(sender: Any = None, **_: Any) -> None:
 
         store = Engine(sender.app, settings).store  # its own connection pool, for scrapes
         collectors = (ActiveRunsCollector(store, scan=defaults.ACTIVE_RUNS_SCAN),
-                      AuditSpoolCollector(store))
+                      AuditSpoolCollector(store, settings.overflow_dir if settings.audit else None))
     except Exception:  # noqa: BLE001 - metrics without the run gauge beat no metrics
         log.warning("orchestrator_active_runs disabled", exc_info=True)
     try:

@@ -74,7 +74,8 @@ def test_alerts_cover_failure_rate_dlq_p95_and_retries():
     assert "executor_task_retry_count_total" in exprs["TaskplatformHighRetryRate"]
 
 
-SCRAPE_TIME_GAUGES = {"orchestrator_active_runs", "taskplatform_audit_spool_events"}  # read from Redis
+SCRAPE_TIME_GAUGES = {  # read from Redis, or the overflow folder, at scrape
+    "orchestrator_active_runs", "taskplatform_audit_spool_events", "taskplatform_audit_overflow_bytes"}
 
 
 def _metric_names(expr: str) -> set[str]:

@@ -156,7 +156,7 @@ def test_metrics_count_every_step_in_every_pool_process(pool, orders, tmp_path):
         assert len(writers) >= 2, writers
 
 
-def test_audit_spool_gauge_reads_the_backlog_in_redis(redis_server):
+def test_audit_spool_gauge_reads_the_backlog_in_redis(redis_server, tmp_path):
     import redis
 
     from taskplatform import defaults
@@ -171,6 +171,12 @@ def test_audit_spool_gauge_reads_the_backlog_in_redis(redis_server):
         (family,) = list(AuditSpoolCollector(store).collect())
         assert family.name == "taskplatform_audit_spool_events"
         assert [s.value for s in family.samples] == [3]
+        # With this host's overflow folder: what its audit writer moved to disk, in bytes.
+        (tmp_path / "1-2.jsonl").write_text('{"kind":"attempt"}\n')
+        (tmp_path / "1-3.tmp").write_text("half-written, not counted")
+        disk, spooled = AuditSpoolCollector(store, tmp_path).collect()
+        assert (disk.name, [s.value for s in disk.samples]) == ("taskplatform_audit_overflow_bytes", [19])
+        assert [s.value for s in spooled.samples] == [3]
     finally:
         client.delete(key)
         client.close()

@@ -27,10 +27,15 @@ SQLITE_BUSY_TIMEOUT_S = 30
 PG_STATEMENT_TIMEOUT_MS = 20_000  # below defaults.AUDIT_LOCK_TTL_S
 
 
+def data_dir() -> Path:
+    """``$XDG_DATA_HOME/taskplatform`` (``~/.local/share/taskplatform``): the audit's local files."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "taskplatform"
+
+
 def default_sqlite_path() -> Path:
     """The embedded default's audit file (its folder is made on first use)."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "taskplatform" / "audit.sqlite3"
+    return data_dir() / "audit.sqlite3"
 
 
 def database_url(raw: str | None) -> str:

@@ -68,7 +68,8 @@ def on_worker_ready(sender: Any = None, **_: Any) -> None:
     spool.DRAIN_IN_THIS_PROCESS = False  # the main process feeds the pool; it only spools
     settings = engine.settings
     cfg = {"url": db.database_url(settings.database_url), "redis_url": settings.redis_url,
-           "prefix": settings.key_prefix}
+           "prefix": settings.key_prefix, "spool_max": settings.audit_spool_max_events,
+           "overflow_dir": str(settings.overflow_dir)}
     _drainer = subprocess.Popen(
         [sys.executable, "-m", "taskplatform.audit.drainer"],
         env={**os.environ, drainer.ENV: json.dumps(cfg)}, stdin=subprocess.DEVNULL,

@@ -7,6 +7,12 @@ it wrote, and lets go. One drainer at a time keeps the order; upserts make a bat
 twice (a drainer died between commit and trim) harmless. While the database is down the
 events wait in Redis, and are written in order when it is back. If Redis itself refuses the
 event (its reply is read at the next push, not waited for), it is written to the database directly.
+
+A long outage must not fill Redis (it is the broker too, on ``noeviction``): a worker's audit
+writer (``overflow_dir`` set) keeps the spool under ``spool_max`` events by moving the oldest
+to files on its host, and registers the host in ``audit:spool:overflow``. When the database is
+back it writes those files first; other drainers leave the spool alone meanwhile, so the
+order holds (unless that host stops heartbeating for ``AUDIT_OVERFLOW_STALE_S``).
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -59,12 +67,15 @@ class Counters:
     dropped: int = 0
     db_errors: int = 0
     swept: int = 0
+    spilled: int = 0  # events moved from the spool to overflow files
+    replayed: int = 0  # events written from overflow files
 
 
 class AuditSink:
     """Spools audit events for one database and Redis, and drains them in a thread."""
 
-    def __init__(self, url: str, redis_url: str, *, prefix: str = "", sweep: bool = False) -> None:
+    def __init__(self, url: str, redis_url: str, *, prefix: str = "", sweep: bool = False,
+                 spool_max: int = defaults.AUDIT_SPOOL_MAX_EVENTS, overflow_dir: Path | None = None) -> None:
         from taskplatform.config import client_url_for  # noqa: PLC0415
 
         self.url = url
@@ -72,6 +83,10 @@ class AuditSink:
                                           health_check_interval=30)
         self.key = defaults.KEY_AUDIT_SPOOL.format(prefix=prefix)
         self.lock_key = defaults.KEY_AUDIT_LOCK.format(prefix=prefix)
+        self.overflow_key = defaults.KEY_AUDIT_OVERFLOW.format(prefix=prefix)
+        self.spool_max = spool_max
+        self.overflow_dir = overflow_dir  # None: this sink never spills (only worker writers do)
+        self._overflow_id: str | None = None
         self.sweep = sweep
         self.counters = Counters()
         self._wake = threading.Event()
@@ -198,6 +213,7 @@ class AuditSink:
             self._wake.wait(backoff or defaults.AUDIT_DRAIN_IDLE_S)
             self._wake.clear()
             try:
+                self._heartbeat_overflow()
                 self.drain()
                 if self.sweep and time.time() - self._last_sweep > defaults.AUDIT_SWEEP_INTERVAL_S:
                     self._last_sweep = time.time()
@@ -218,6 +234,8 @@ class AuditSink:
                     log.warning("audit write failed (%s: %s): events stay spooled in Redis and "
                                 "are written once it succeeds", type(exc).__name__,
                                 str(exc).splitlines()[0][:200])
+                if not isinstance(exc, redis.RedisError):
+                    self._spill_guarded()
             except Exception:  # noqa: BLE001 - the drainer must outlive any surprise
                 self.counters.db_errors += 1
                 backoff = defaults.AUDIT_BACKOFF_MAX_S
@@ -231,6 +249,9 @@ class AuditSink:
         written = 0
         try:
             db.check_schema(self.url)
+            written += self._replay_overflow()
+            if self._held_by_other_overflow():
+                return written  # older events wait on another host's disk: they go first
             batches = 0
             while max_batches is None or batches < max_batches:
                 raw = self.redis.lrange(self.key, 0, defaults.AUDIT_BATCH_SIZE - 1)
@@ -292,6 +313,114 @@ class AuditSink:
                 self.counters.dropped += 1
                 log.error("audit event rejected by the database and skipped: %s %s",
                           event.get("kind"), event.get("run_id"), exc_info=True)
+
+    # --- overflow to disk ----------------------------------------------------------------------
+
+    def overflow_files(self) -> list[Path]:
+        """This host's overflow files, oldest first (named by their creation time)."""
+        if self.overflow_dir is None or not self.overflow_dir.is_dir():
+            return []
+        return sorted(self.overflow_dir.glob("*.jsonl"))
+
+    @property
+    def _overflow_field(self) -> str:
+        """The overflow folder's identity in Redis: an id kept in the folder, so that writers
+        sharing one folder (containers on one volume) share one entry."""
+        if self._overflow_id is None:
+            assert self.overflow_dir is not None
+            self.overflow_dir.mkdir(parents=True, exist_ok=True)
+            marker = self.overflow_dir / ".id"
+            if not marker.exists():
+                tmp = self.overflow_dir / f".id.{os.getpid()}"
+                tmp.write_text(f"{socket.gethostname()}:{uuid.uuid4().hex[:12]}")
+                try:
+                    os.link(tmp, marker)  # create-if-absent: a writer racing us keeps its id
+                except FileExistsError:
+                    pass
+                finally:
+                    tmp.unlink()
+            self._overflow_id = marker.read_text().strip()
+        return self._overflow_id
+
+    def _heartbeat_overflow(self) -> None:
+        if self.overflow_files():
+            self.redis.hset(self.overflow_key, self._overflow_field, f"{time.time():.3f}")
+
+    def _held_by_other_overflow(self) -> bool:
+        """Whether another folder (heartbeating) still has older events in overflow files."""
+        now = time.time()
+        mine = self._overflow_field if self.overflow_dir is not None else None
+        for field, beat in self.redis.hgetall(self.overflow_key).items():
+            if field.decode() != mine and now - float(beat) < defaults.AUDIT_OVERFLOW_STALE_S:
+                return True
+        return False
+
+    def _spill_guarded(self) -> None:
+        if self.overflow_dir is None:
+            return
+        try:
+            self.spill()
+        except (OSError, redis.RedisError):
+            log.exception("audit spool could not move events to %s", self.overflow_dir)
+
+    def spill(self) -> int:
+        """Move the oldest events to overflow files until the spool is back under 80% of its
+        cap; returns how many moved. Called while the database is away."""
+        if self.overflow_dir is None or self.redis.llen(self.key) <= self.spool_max:
+            return 0
+        token = uuid.uuid4().hex
+        if not self.redis.set(self.lock_key, token, nx=True, ex=defaults.AUDIT_LOCK_TTL_S):
+            return 0
+        moved = 0
+        try:
+            self.overflow_dir.mkdir(parents=True, exist_ok=True)
+            low = int(self.spool_max * 0.8)
+            while (extra := self.redis.llen(self.key) - low) > 0:
+                raw = self.redis.lrange(self.key, 0, min(extra, defaults.AUDIT_SPILL_CHUNK) - 1)
+                batch = [json.loads(r) for r in raw]
+                self._fill_outputs(batch)  # now, while Redis still has the outputs
+                self.redis.hset(self.overflow_key, self._overflow_field, f"{time.time():.3f}")
+                final = self.overflow_dir / f"{time.time_ns()}-{os.getpid()}.jsonl"
+                tmp = final.with_suffix(".tmp")
+                with open(tmp, "w", encoding="utf-8") as fh:  # whole or not at all (a crash leaves a .tmp)
+                    fh.writelines(json.dumps(e, default=str, separators=(",", ":")) + "\n" for e in batch)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                tmp.rename(final)
+                if not self._trim(keys=[self.lock_key, self.key],
+                                  args=[token, len(raw), defaults.AUDIT_LOCK_TTL_S]):
+                    break  # lost the lock: these events are in a file and the spool (twice is harmless)
+                moved += len(raw)
+        finally:
+            self._release(keys=[self.lock_key], args=[token])
+        if moved:
+            self.counters.spilled += moved
+            log.warning("audit database away and the spool past its cap of %d events: moved the "
+                        "oldest %d to %s", self.spool_max, moved, self.overflow_dir)
+        return moved
+
+    def _replay_overflow(self) -> int:
+        """Write this host's overflow files (under the spool lock), oldest first."""
+        written = 0
+        files = self.overflow_files()
+        for path in files:
+            batch: list[dict[str, Any]] = []
+            with open(path, "rb") as fh:
+                for line in fh:
+                    if line.strip():
+                        batch.append(json.loads(line))
+                    if len(batch) >= defaults.AUDIT_BATCH_SIZE:
+                        self._write_batch(batch)
+                        written, batch = written + len(batch), []
+            if batch:
+                self._write_batch(batch)
+                written += len(batch)
+            path.unlink()  # a crash before this writes the file again: upserts make it harmless
+        if files:
+            self.redis.hdel(self.overflow_key, self._overflow_field)
+            self.counters.replayed += written
+            log.warning("audit overflow written: %d events from %d file(s)", written, len(files))
+        return written
 
     def run_sweep(self, now_s: float | None = None) -> int:
         """Settle attempts left ``started`` past their deadline (after the spool is empty)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from sqlalchemy import select
 
@@ -145,3 +147,76 @@ def test_a_connection_lost_with_replies_unread_pushes_those_events_again(audit, 
     finally:
         sink.redis.delete(sink.key, sink.lock_key)
         sink.close()
+
+
+def test_a_full_spool_moves_its_oldest_events_to_disk_and_they_are_written_first(
+        audit, redis_server, monkeypatch, tmp_path):
+    """While the database is away the spool stays bounded; on return the order holds."""
+    from taskplatform.audit import spool
+
+    monkeypatch.setattr(spool, "DRAIN_IN_THIS_PROCESS", False)
+    prefix = "test:overflow:"
+    writer = spool.AuditSink(audit.url, redis_server.url, prefix=prefix, sweep=True,
+                             spool_max=20, overflow_dir=tmp_path / "overflow")
+    other = spool.AuditSink(audit.url, redis_server.url, prefix=prefix)  # an API process, say
+    try:
+        for i in range(50):  # a chain: step s00 started, succeeded, then s01, ...
+            status = "started" if i % 2 == 0 else "succeeded"
+            writer.emit(_attempt(status, run_id="spilled", step_id=f"s{i // 2:02d}", at=float(i),
+                                 expires_at=1e10))
+        writer._read_replies(*writer._connection())  # the pushes are in
+        assert writer.pending() == 50
+        assert writer.spill() == 34 and writer.pending() == 16  # down to 80% of the cap
+        files = writer.overflow_files()
+        assert files and sum(len(f.read_text().splitlines()) for f in files) == 34
+        assert writer.redis.hlen(writer.overflow_key) == 1
+        # Another drainer leaves the spool alone while older events wait on disk ...
+        assert other.drain() == 0 and other.pending() == 16
+        # ... the writer writes the files first, then the spool.
+        assert writer.drain() == 50
+        assert writer.overflow_files() == [] and writer.redis.hlen(writer.overflow_key) == 0
+        with db.get_engine(audit.url).connect() as c:
+            rows = c.execute(select(attempts.c.step_id, attempts.c.status).where(
+                attempts.c.run_id == "spilled").order_by(attempts.c.id)).all()
+        assert [r.step_id for r in rows] == [f"s{i:02d}" for i in range(25)]  # inserted in order
+        assert {r.status for r in rows} == {"succeeded"}
+        assert (writer.counters.spilled, writer.counters.replayed) == (34, 34)
+    finally:
+        writer.redis.delete(writer.key, writer.lock_key, writer.overflow_key)
+        writer.close()
+        other.close()
+
+
+def test_a_vanished_hosts_stale_overflow_does_not_hold_the_spool(audit, redis_server, monkeypatch):
+    sink = _private_sink(audit, redis_server, monkeypatch, "stale")
+    try:
+        sink.redis.hset(sink.overflow_key, "gone-host:/data", f"{time.time():.3f}")
+        sink.emit(_attempt("succeeded", run_id="stale", step_id="a"))
+        sink._read_replies(*sink._connection())
+        assert sink.drain() == 0  # fresh: held
+        sink.redis.hset(sink.overflow_key, "gone-host:/data", "1.0")  # heartbeat long ago
+        assert sink.drain() == 1
+    finally:
+        sink.redis.delete(sink.key, sink.lock_key, sink.overflow_key)
+        sink.close()
+
+
+def test_writers_sharing_an_overflow_folder_share_its_entry(audit, redis_server, monkeypatch, tmp_path):
+    """Containers on one volume: whichever writer drains first writes the other's files too."""
+    from taskplatform.audit import spool
+
+    monkeypatch.setattr(spool, "DRAIN_IN_THIS_PROCESS", False)
+    a, b = (spool.AuditSink(audit.url, redis_server.url, prefix="test:shared:", sweep=True,
+                            spool_max=10, overflow_dir=tmp_path / "shared") for _ in range(2))
+    try:
+        for i in range(20):
+            a.emit(_attempt("succeeded", run_id="shared", step_id=f"s{i:02d}"))
+        a._read_replies(*a._connection())
+        assert a.spill() == 12 and a.redis.hlen(a.overflow_key) == 1
+        assert b.drain() == 20  # not held by a's entry: it is its own folder's
+        assert b.overflow_files() == [] and b.redis.hlen(b.overflow_key) == 0
+        assert len(_steps_written(audit, "shared")) == 20
+    finally:
+        a.redis.delete(a.key, a.lock_key, a.overflow_key)
+        a.close()
+        b.close()

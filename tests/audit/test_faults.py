@@ -22,6 +22,7 @@ from tests.conftest import ROOT, _wait_for_workers
 from tests.pg_cluster import PostgresCluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+SPOOL_MAX = 100
 
 
 def _start_worker(env: dict, log_name: str) -> subprocess.Popen:
@@ -64,15 +65,19 @@ def stack(cluster):
     sa_url = db.database_url(url)
     db.upgrade(sa_url)
     server = RedisServer().start()
+    overflow = server.dir / "audit-overflow"  # removed with the server
+    # A small spool cap, so that the outage below also moves events to disk.
     env = {**os.environ, "REDIS_URL": server.url, "DATABASE_URL": url,
-           "TASKPLATFORM_TEST_REDIS": server.url, "PYTHONPATH": str(ROOT)}
+           "TASKPLATFORM_TEST_REDIS": server.url, "PYTHONPATH": str(ROOT),
+           "TASKPLATFORM_AUDIT_SPOOL_MAX_EVENTS": str(SPOOL_MAX),
+           "TASKPLATFORM_AUDIT_OVERFLOW_DIR": str(overflow)}
     proc = _start_worker(env, "fault-worker.log")
     app = create_app("taskplatform-fault", set_as_current=False)
     configure(app, Settings(redis_url=server.url, database_url=url, flows_dir=ROOT / "flows"))
     _wait_for_workers(app, 1)
     client = Client(app)
     yield {"client": client, "url": sa_url, "cluster": cluster, "server": server, "proc": proc,
-           "sink": sink_for(sa_url, server.url)}
+           "sink": sink_for(sa_url, server.url), "overflow": overflow}
     _stop(proc)
     from taskplatform.audit.spool import close_sinks
 
@@ -97,7 +102,9 @@ def _wait_until(check, timeout_s: float, what: str) -> None:
 
 
 def test_postgres_stopped_mid_run_loses_and_duplicates_no_row(stack):
+    """200 steps while Postgres is down; the spool (capped at 100 events) spills to disk."""
     client, url, sink, pg = stack["client"], stack["url"], stack["sink"], stack["cluster"]
+    overflow = stack["overflow"]
     chains, length = 4, 50  # 200 steps
     steps = {}
     for c in range(chains):
@@ -115,10 +122,16 @@ def test_postgres_stopped_mid_run_loses_and_duplicates_no_row(stack):
         settled_at_stop = store.settled_count(run.run_id)
         run.wait(timeout=180)  # the engine does not need Postgres
         assert settled_at_stop < chains * length
-        assert sink.pending() > 0  # the events wait in Redis
+        # The worker's audit writer keeps the spool near its cap: the oldest events go to disk.
+        _wait_until(lambda: list(overflow.glob("*.jsonl")), 30, "events moved to overflow files")
+        _wait_until(lambda: sink.pending() <= SPOOL_MAX, 30, "the spool back under its cap")
+        spilled = sum(len(f.read_text().splitlines()) for f in overflow.glob("*.jsonl"))
+        print(f"[audit outage] {spilled} events on disk, {sink.pending()} in Redis (cap {SPOOL_MAX})")
+        assert sink.pending() > 0  # the newest events wait in Redis
     finally:
         pg.start()
-    assert sink.flush(60)
+    assert sink.flush(60)  # this process drains only once the writer has written the files
+    assert not list(overflow.glob("*.jsonl"))
     rows = _rows(url, run.run_id)
     assert len(rows) == chains * length
     assert {r["step_id"] for r in rows} == set(steps)
