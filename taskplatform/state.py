@@ -257,13 +257,6 @@ class RunStore:
         values = self.r.hmget(key, ids)
         return {sid: json.loads(v) for sid, v in zip(ids, values, strict=True) if v is not None}
 
-    def save_output(self, run_id: str, step_id: str, output_json: str) -> None:
-        key = self.key(defaults.KEY_RUN_OUTPUTS, run_id)
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hset(key, step_id, output_json)
-        pipe.expire(key, self.ttl_s)
-        pipe.execute()
-
     # steps
     def claim(self, run_id: str, step_id: str, token: str, lease_s: float) -> Claim:
         res = self._claim(

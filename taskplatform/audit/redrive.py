@@ -89,12 +89,11 @@ def redrive(engine: Engine, run_id: str) -> str:
         if r is None:
             continue
         status = StepStatus(r["status"])
-        if status is StepStatus.SUCCEEDED:
-            store.save_output(run_id, sid, dumps(r.get("output_data")))
+        output = dumps(r.get("output_data")) if status is StepStatus.SUCCEEDED else None
         store.settle(run_id, sid, status, {
             "status": status.value, "attempts": r.get("attempt") or 0, "error": r.get("error_message"),
             "error_type": r.get("error_type"), "restored_from": "audit",
-        }, plan.steps[sid].dependents)
+        }, plan.steps[sid].dependents, output_json=output)
     remaining = store.remaining(run_id, plan.order)
     ready = [s for s in plan.order if s not in settled and remaining[s] <= 0]
     log.warning("run %s: rebuilt from the audit after Redis lost it (%d step(s) kept, %d ready)",
