@@ -65,9 +65,9 @@ class Engine:
         self.app = app
         self.settings = settings
         self.registry = registry or default_registry()
-        self.redis = redis.Redis.from_url(
-            client_url_for(settings.redis_url), socket_connect_timeout=5, health_check_interval=30
-        )
+        self.redis_url = client_url_for(settings.redis_url)  # as redis-py reads it
+        self.redis = redis.Redis.from_url(self.redis_url, socket_connect_timeout=5,
+                                          health_check_interval=30)
         self.store = RunStore(self.redis, prefix=settings.key_prefix, ttl_s=settings.run_ttl_s)
         self.dlq = DeadLetters(self.redis, settings.key_prefix)
         self._specs: OrderedDict[str, RunSpec] = OrderedDict()

@@ -121,7 +121,8 @@ def run_step(task: Task, connector: Connector, run_id: str, step_id: str) -> dic
     if claim.outcome == "done":  # a redelivery: the step settled before; drive the run on
         dispatch.redrive(engine, spec, step_id)
         return {"status": claim.status, "duplicate": True}
-    handle = lease.keeper.hold(lease.Lease(engine.store, run_id, step_id, token, lease_s))
+    handle = lease.keeper.hold(lease.Lease(engine.redis_url, engine.store.status_key(run_id, step_id),
+                                           token, lease_s))
     try:
         return _run_claimed(task, engine, spec, connector, step_id, claim)
     finally:

@@ -121,14 +121,6 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
-# KEYS: status key. ARGV: token, lease_ms. Extends a lease only while we still hold it.
-RENEW_LUA = """
-if redis.call('GET', KEYS[1]) == 'running:' .. ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
 
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
@@ -165,7 +157,6 @@ class RunStore:
         self._claim = client.register_script(CLAIM_LUA)
         self._settle = client.register_script(SETTLE_LUA)
         self._finish = client.register_script(FINISH_LUA)
-        self._renew = client.register_script(RENEW_LUA)
 
     # keys
     def key(self, fmt: str, run_id: str, step_id: str = "") -> str:
@@ -318,11 +309,6 @@ class RunStore:
                   self.key(defaults.KEY_RUNS_ACTIVE, run_id)],
             args=args,
         ))
-
-    def renew(self, run_id: str, step_id: str, token: str, lease_s: float) -> bool:
-        """Extend our lease on a step; False when it is no longer ours (or already settled)."""
-        return bool(self._renew(keys=[self.status_key(run_id, step_id)],
-                                args=[token, int(lease_s * 1000)]))
 
     def raw_statuses(self, run_id: str, step_ids: Iterable[str]) -> dict[str, str | None]:
         """The status keys as stored (``running:<token>`` included; None when absent)."""

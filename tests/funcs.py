@@ -91,3 +91,13 @@ def pid_and_sleep(key: str, seconds: float) -> dict[str, Any]:
     _r().set(f"test:pid:{key}", os.getpid())
     time.sleep(seconds)
     return {"slept_s": seconds}
+
+
+def hold_gil(key: str, seconds: int) -> dict[str, Any]:
+    """Count a side effect, then hold the GIL in C code for ``seconds`` (no thread of this
+    process runs meanwhile, as with a long C extension call that never releases it)."""
+    import ctypes
+
+    calls = _r().incr(f"test:count:{key}")
+    ctypes.PyDLL(None).sleep(int(seconds))  # PyDLL: the call keeps the GIL
+    return {"calls": calls}

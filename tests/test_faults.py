@@ -294,6 +294,20 @@ def _audit_rows(stack: Stack, run_id: str) -> list[dict]:
             select(t).where(t.c.run_id == run_id).order_by(t.c.id))]
 
 
+def test_a_step_holding_the_gil_past_its_lease_still_runs_once(stack):
+    """A C call that keeps the GIL for 3x the lease: no renewal can run in that process, but the
+    lease must not lapse while the process lives (else recovery would start a duplicate)."""
+    r = stack.client.engine.redis
+    flow = {"name": "gil", "steps": {"hog": {
+        "uses": "python.call", "timeout_s": 60,
+        "with": {"function": "tests.funcs:hold_gil", "kwargs": {"key": "gil", "seconds": 10}}}}}
+    run = stack.client.submit(flow)
+    run.wait(timeout=90)
+    time.sleep(3)  # a duplicate started late would count now
+    assert int(r.get("test:count:gil")) == 1
+    assert run.steps()["hog"].attempts == 1
+
+
 # --- cancel and resume --------------------------------------------------------------------------
 
 
