@@ -17,6 +17,7 @@ crashed step blocked for its whole time limit (minutes by default).
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -65,6 +66,13 @@ class LeaseKeeper:
             if self._held.pop(handle, None) is not None:
                 self._send({"op": "drop", "id": handle})
 
+    def close(self) -> None:
+        """Stop the helper (its leases lapse after their TTL); at exit, and in tests."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+            self._held.clear()
+        self._discard(proc)  # end of file on its stdin: it exits
+
     def after_fork_in_child(self) -> None:
         """A forked child holds none of its parent's leases, nor its helper's pipe (kept open
         here, it would keep the parent's helper renewing after the parent died)."""
@@ -85,6 +93,7 @@ class LeaseKeeper:
         for _ in (1, 2):
             proc = self._proc
             if proc is None or proc.poll() is not None:
+                self._discard(proc)
                 proc = self._start()
                 if proc is None:
                     return
@@ -96,7 +105,24 @@ class LeaseKeeper:
                 proc.stdin.flush()
                 return
             except (BrokenPipeError, OSError, ValueError):
-                self._proc = None  # it died: the next round starts another
+                self._discard(proc)  # it died: the next round starts another
+                self._proc = None
+
+    @staticmethod
+    def _discard(proc: subprocess.Popen[bytes] | None) -> None:
+        """Let go of a helper that died (its pipe closed, its exit status read)."""
+        if proc is None:
+            return
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(1)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
     def _start(self) -> subprocess.Popen[bytes] | None:
         try:
@@ -112,3 +138,4 @@ class LeaseKeeper:
 
 keeper = LeaseKeeper()
 os.register_at_fork(after_in_child=keeper.after_fork_in_child)
+atexit.register(keeper.close)

@@ -43,7 +43,6 @@ def main() -> int:
     pending = b""
     next_renew = time.monotonic()
     while os.getppid() == parent:
-        period = min((le["ttl_ms"] for le in leases.values()), default=IDLE_S * 3000) / 3000
         wait = max(0.0, min(next_renew - time.monotonic(), IDLE_S))
         if select.select([fd], [], [], wait)[0]:
             chunk = os.read(fd, 65536)
@@ -54,7 +53,8 @@ def main() -> int:
             for line in lines:
                 msg = json.loads(line)
                 if msg["op"] == "hold":
-                    leases[msg["id"]] = msg
+                    leases[msg["id"]] = msg  # first renewed a third of its TTL from now
+                    next_renew = min(next_renew, time.monotonic() + msg["ttl_ms"] / 3000)
                 else:
                     leases.pop(msg["id"], None)
         if time.monotonic() >= next_renew:
@@ -69,6 +69,7 @@ def main() -> int:
                 except Exception as exc:  # noqa: BLE001 - Redis may be restarting: try again next round
                     print(f"taskplatform lease helper: cannot renew {le['key']}: {exc}",
                           file=sys.stderr, flush=True)
+            period = min((le["ttl_ms"] for le in leases.values()), default=IDLE_S * 3000) / 3000
             next_renew = time.monotonic() + max(0.2, period)
     return 0
 
