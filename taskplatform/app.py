@@ -17,6 +17,9 @@ from taskplatform.settings import Settings
 
 def create_app(main: str = "taskplatform", *, set_as_current: bool = True) -> Celery:
     """A Celery app reading ``celeryconfig``, with every connector action registered."""
+    from taskplatform.transport import reuse_redis_clients  # noqa: PLC0415
+
+    reuse_redis_clients()  # kombu's Redis channel, without a new client object per command
     celery_app = Celery(main, set_as_current=set_as_current)
     celery_app.config_from_object("celeryconfig")
     from taskplatform import runtime  # noqa: PLC0415 - runtime imports engine, which needs no app
