@@ -5,7 +5,8 @@ of the benchmark's Redis (``redis+socket:///path/redis.sock``); the benchmark pr
 :func:`configure` instead. Settings mirror what matters in taskplatform's own
 (``taskplatform.config.celery_config``): JSON only, ``acks_late``, reject on worker lost,
 prefetch multiplier 4, the result backend on the same Redis. Task events are off unless
-``BENCH_BARE_EVENTS=1`` (taskplatform turns them on).
+``BENCH_BARE_EVENTS=1`` (taskplatform turns them on); kombu's Redis channel builds a client
+object per command unless ``BENCH_BARE_REUSE_CLIENTS=1`` (taskplatform.transport's fix).
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ def configure(broker_url: str, *, events: bool = False) -> Celery:
 
 if os.environ.get("BENCH_BARE_BROKER"):
     configure(os.environ["BENCH_BARE_BROKER"], events=os.environ.get("BENCH_BARE_EVENTS") == "1")
+if os.environ.get("BENCH_BARE_REUSE_CLIENTS") == "1":  # bench.py --bare-reuse-clients
+    from taskplatform.transport import reuse_redis_clients
+
+    reuse_redis_clients()
 
 
 @app.task(name="bare.noop")

@@ -310,7 +310,8 @@ def run_bare(args: argparse.Namespace, server: RedisServer, sizes: Sizes,
     app = bare_app.configure(broker, events=args.bare_events)
     noop = bare_app.noop
     env = {**os.environ, "BENCH_BARE_BROKER": broker, "PYTHONPATH": str(ROOT), measure.ENV: server.url,
-           "BENCH_BARE_EVENTS": "1" if args.bare_events else "0"}
+           "BENCH_BARE_EVENTS": "1" if args.bare_events else "0",
+           "BENCH_BARE_REUSE_CLIENTS": "1" if args.bare_reuse_clients else "0"}
     worker = Worker("bench-bare", "bench.bare_app", bare_app.QUEUE, env, args.pool, args.concurrency)
     out: dict[str, Any] = {}
     try:
@@ -459,6 +460,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="audit on for taskplatform (DATABASE_URL, else the SQLite default)")
     p.add_argument("--bare-events", action="store_true",
                    help="bare Celery sends task events too, like taskplatform's config")
+    p.add_argument("--bare-reuse-clients", action="store_true",
+                   help="bare Celery's worker gets taskplatform.transport's kombu fix too "
+                        "(this process always has it)")
     p.add_argument("--timeout", type=float, help="longest wait for one shape, s (default 600, --quick 60)")
     args = p.parse_args(argv)
     args.flows = args.flows or (50 if args.quick else 300)
@@ -517,7 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"pool": args.pool, "concurrency": args.concurrency, "cpus": os.cpu_count(),
                    "flows": args.flows, "fanout": args.fanout, "chain": args.chain,
                    "dag_width": args.dag_width, "dag_layers": args.dag_layers, "quick": args.quick,
-                   "bare_events": args.bare_events, "audit": args.audit,
+                   "bare_events": args.bare_events, "bare_reuse_clients": args.bare_reuse_clients,
+                   "audit": args.audit,
                    "redis": f"redis {redis_version}, unix socket",
                    "python": platform.python_version(), "celery": celery.__version__,
                    "kombu": kombu.__version__},
